@@ -1,0 +1,3 @@
+from lrerr_tools.cli import main
+
+main()

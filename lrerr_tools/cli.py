@@ -1,0 +1,141 @@
+"""`lrerr-tools`: one subcommand per pipeline stage. Options are parsed into the stage's
+config and handed to its `run`, which is also the Python API."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lrerr_tools import __version__
+from lrerr_tools.errors import LrerrError
+
+app = typer.Typer(
+    help="Face-forgery detection toolchain: dataset preprocessing and LRErr.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+
+def user_errors(command):
+    """Print a LrerrError as one line and exit 2; let anything else (a bug) show its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+        try:
+            return command(*args, **kwargs)
+        except LrerrError as e:
+            typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted — rerun the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def split_commas(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def print_counts(title: str, counts: dict[str, int]) -> None:
+    typer.echo(title)
+    width = max(map(len, counts))
+    for key, value in counts.items():
+        typer.echo(f"  {key:<{width}}  {value}")
+
+
+@app.command()
+@user_errors
+def extract(
+    root: Annotated[Path, typer.Argument(help="Dataset root folder.")],
+    dataset: Annotated[str, typer.Option(help="Layout of ROOT: ffpp, celebdf, dfd or folder.")],
+    out: Annotated[Path, typer.Option(help="Output directory (created; resumable).")],
+    compression: Annotated[str, typer.Option(help="FF++/DFD quality folder: c0 (raw), c23, c40.")] = "c23",
+    methods: Annotated[list[str] | None, typer.Option(
+        help="Fake methods to keep, comma-separated or repeated (default: all present).")] = None,
+    splits: Annotated[Path | None, typer.Option(
+        help="FF++: folder with train/val/test.json; Celeb-DF: test list; folder: a CSV.")] = None,
+    frames: Annotated[int, typer.Option(help="Evenly spaced frames per video.")] = 32,
+    every: Annotated[int | None, typer.Option(help="Take every K-th frame instead of --frames.")] = None,
+    face: Annotated[str, typer.Option(help="Which face to keep: largest, central or track.")] = "largest",
+    detector: Annotated[str, typer.Option(
+        help="retinaface-mnet (bundled, offline) or retinaface-resnet50 (facexlib).")] = "retinaface-mnet",
+    detector_weights: Annotated[Path | None, typer.Option(
+        help="Weights file for retinaface-resnet50 (detection_Resnet50_Final.pth).")] = None,
+    threshold: Annotated[float, typer.Option(help="Face score threshold.")] = 0.8,
+    det_max_side: Annotated[int, typer.Option(
+        help="Frames are downscaled to this long side for detection only.")] = 640,
+    crop_size: Annotated[int, typer.Option(help="Side of the square aligned crop.")] = 224,
+    margin: Annotated[float, typer.Option(
+        help="Extra context around the face, as a fraction of its size, on each side.")] = 0.2,
+    image_format: Annotated[str, typer.Option("--format", help="Crop format: png or jpg.")] = "png",
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality with --format jpg.")] = 95,
+    backend: Annotated[str, typer.Option(help="Video decoder: auto, decord or opencv.")] = "auto",
+    jobs: Annotated[int, typer.Option(help="Videos processed in parallel (0 = one per core).")] = 1,
+    part: Annotated[str, typer.Option(
+        help="Process only part i of N (e.g. 2/8), for job arrays; then run `merge`.")] = "1/1",
+    batch_size: Annotated[int, typer.Option(
+        help="Frames per detector batch (0 = 2 on CPU, 32 on CUDA).")] = 0,
+    device: Annotated[str, typer.Option(help="Detector device: cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(
+        help="Discard an earlier output made with another config.")] = False,
+) -> None:
+    """Sample frames from every video, detect and align one face per frame, write 224×224 crops."""
+    from lrerr_tools.extract import ExtractConfig, run
+
+    cfg = ExtractConfig(
+        root=str(root), dataset=dataset, out=str(out), compression=compression,
+        methods=split_commas(methods), splits=str(splits) if splits else None,
+        frames=frames, every=every, face=face, detector=detector,
+        detector_weights=str(detector_weights) if detector_weights else None,
+        threshold=threshold, det_max_side=det_max_side, crop_size=crop_size, margin=margin,
+        image_format=image_format, jpeg_quality=jpeg_quality, backend=backend, jobs=jobs,
+        part=part, batch_size=batch_size, device=device, overwrite=overwrite,
+    )
+    manifest = run(cfg)
+    if manifest is None:
+        typer.echo(f"part {part} done; run `lrerr-tools merge {out}` once every part has finished")
+        return
+    print_counts(f"extract complete: {out}", manifest.counts)
+
+
+@app.command()
+@user_errors
+def merge(out: Annotated[Path, typer.Argument(help="The extract directory the parts wrote to.")]) -> None:
+    """Join the parts of an `extract --part i/N` run into one manifest."""
+    from lrerr_tools.extract import finalize
+
+    manifest = finalize(out)
+    if manifest is None:
+        raise LrerrError(f"{out}: some videos are not extracted yet — run the missing parts first")
+    print_counts(f"merged: {out}", manifest.counts)
+
+
+@app.command()
+@user_errors
+def sample(
+    out: Annotated[Path, typer.Argument(help="Folder to write the sample dataset into.")],
+    pairs: Annotated[int, typer.Option(help="FF++ pairs; pair k goes to train/val/test in turn.")] = 3,
+    frames: Annotated[int, typer.Option(help="Frames per video.")] = 40,
+) -> None:
+    """Write a small FF++-layout dataset made from scikit-image's astronaut (needs the dev extra)."""
+    from lrerr_tools.synth import make_ffpp_sample
+
+    root = make_ffpp_sample(out, n_pairs=pairs, n_frames=frames)
+    typer.echo(f"sample dataset: {root} (split lists in {root / 'splits'})")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,82 @@
+"""Records shared by every dataset adapter, and the split-leak check."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lrerr_tools.errors import LrerrError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+SPLITS = ("train", "val", "test")
+UNASSIGNED = "unassigned"
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a dataset; label 1 = fake, 0 = real."""
+
+    video_id: str
+    path: str
+    label: int
+    split: str
+    method: str
+    compression: str | None
+    dataset: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DatasetListing:
+    """Videos found on disk, plus split-list entries that are not there."""
+
+    videos: list[VideoRecord]
+    missing: list[str]
+
+    def __post_init__(self) -> None:
+        # Sorted here so every adapter lists deterministically without having to remember to.
+        self.videos = sorted(self.videos, key=lambda video: video.video_id)
+        self.missing = sorted(set(self.missing))
+
+
+def list_video_files(directory: Path, *, recursive: bool = False) -> list[Path]:
+    """Video files in `directory` as absolute paths, sorted; an absent directory has none."""
+    if not directory.is_dir():
+        return []
+    # abspath rather than resolve: a symlinked dataset keeps the paths the user knows.
+    directory = Path(os.path.abspath(directory))
+    candidates = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(
+        path
+        for path in candidates
+        # Dot files are skipped: macOS copies leave "._x.mp4" resource forks next to videos.
+        if path.suffix.lower() in VIDEO_EXTENSIONS
+        and not path.name.startswith(".")
+        and path.is_file()
+    )
+
+
+def read_text(path: Path, what: str) -> str:
+    """Text of a user-supplied list file; a failed read is the user's to fix."""
+    try:
+        # utf-8-sig: lists saved from Excel or Notepad start with a BOM.
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LrerrError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def check_no_split_leak(videos: Iterable[VideoRecord]) -> None:
+    """Raise LrerrError if a video id is listed twice or one file sits in two splits."""
+    seen_ids: set[str] = set()
+    split_of_path: dict[str, str] = {}
+    for video in videos:
+        if video.video_id in seen_ids:
+            raise LrerrError(f"video id {video.video_id} is listed twice ({video.path})")
+        seen_ids.add(video.video_id)
+        split = split_of_path.setdefault(os.path.normpath(video.path), video.split)
+        if split != video.split:
+            raise LrerrError(f"split leak: {video.path} is in both {split} and {video.split}")

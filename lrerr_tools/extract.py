@@ -1,0 +1,335 @@
+"""Stage `extract`: videos -> sampled frames -> RetinaFace -> aligned face crops.
+
+Output directory:
+    manifest.json, records.jsonl     written once every video of the dataset is done
+    crops/<video_id>/<frame>.png     the aligned crops
+    work/config.json                 the config every run and part must share
+    work/videos/<video_id>.json      one video's records; its presence means "done"
+
+A video's crops are written under a `.partial` name and renamed into place before its
+result file is written, so a run killed at any moment redoes at most the videos in flight
+and resumes to the same output as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import zlib
+from dataclasses import asdict, dataclass
+from functools import lru_cache, partial
+from itertools import islice
+from pathlib import Path
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from lrerr_tools.alignment import align_face
+from lrerr_tools.atomic_io import atomic_write_json, create_json_once, jsonl_bytes
+from lrerr_tools.datasets import ADAPTERS, VideoRecord, list_videos
+from lrerr_tools.detection import DETECTORS, Face, make_detector
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.face_choice import POLICIES, choose_face
+from lrerr_tools.manifest import MANIFEST_FILE, RECORDS_FILE, Manifest, read_manifest, write_stage
+from lrerr_tools.parallel import run_parallel, threads_per_job
+from lrerr_tools.sampling import sample_indices
+from lrerr_tools.video import BACKENDS, VideoOpenError, VideoReader
+
+log = logging.getLogger(__name__)
+
+STAGE = "extract"
+IMAGE_FORMATS = ("png", "jpg")
+WORK_DIR = "work"
+# Measured: on CPU, onnxruntime gains little from batching and loses cache locality past 2
+# frames (benchmarks/bench_extract.py); on a GPU bigger batches pay.
+CPU_BATCH = 2
+CROPS_DIR = "crops"
+
+
+@dataclass
+class ExtractConfig:
+    root: str
+    dataset: str
+    out: str
+    compression: str = "c23"
+    methods: list[str] | None = None
+    splits: str | None = None
+    frames: int | None = 32
+    every: int | None = None
+    face: str = "largest"
+    detector: str = "retinaface-mnet"
+    detector_weights: str | None = None
+    threshold: float = 0.8
+    det_max_side: int = 640
+    crop_size: int = 224
+    margin: float = 0.2
+    image_format: str = "png"
+    jpeg_quality: int = 95
+    backend: str = "auto"
+    # How a run is carried out; changing these does not change its output.
+    jobs: int = 1
+    part: str = "1/1"
+    batch_size: int = 0
+    device: str = "cpu"
+    overwrite: bool = False
+    RUN_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "out", "jobs", "part", "batch_size", "device", "overwrite")
+
+    def identity(self) -> dict:
+        """The fields that decide the output: a rerun or part must match them exactly."""
+        ident = {k: v for k, v in asdict(self).items() if k not in self.RUN_OPTIONS}
+        ident["root"] = str(Path(self.root).resolve())
+        if self.splits:
+            ident["splits"] = str(Path(self.splits).resolve())
+        return ident
+
+    def validate(self) -> None:
+        if self.dataset not in ADAPTERS:
+            raise LrerrError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(ADAPTERS)}")
+        if self.every is not None:
+            self.frames = None
+        if self.every is not None and self.every < 1:
+            raise LrerrError(f"--every must be at least 1 (got {self.every})")
+        if self.frames is not None and self.frames < 1:
+            raise LrerrError(f"--frames must be at least 1 (got {self.frames})")
+        for name, value, choices in (("--face", self.face, POLICIES),
+                                     ("--detector", self.detector, DETECTORS),
+                                     ("--format", self.image_format, IMAGE_FORMATS),
+                                     ("--backend", self.backend, BACKENDS)):
+            if value not in choices:
+                raise LrerrError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
+        if not 0.0 <= self.margin <= 2.0:
+            raise LrerrError(f"--margin must be between 0 and 2 (got {self.margin})")
+        parse_part(self.part)
+
+
+def parse_part(part: str) -> tuple[int, int]:
+    try:
+        index, total = (int(x) for x in part.split("/"))
+    except ValueError:
+        raise LrerrError(f"--part must look like i/N, e.g. 2/8 (got {part!r})") from None
+    if not 1 <= index <= total:
+        raise LrerrError(f"--part {part}: need 1 <= i <= N")
+    return index, total
+
+
+def in_part(video_id: str, part: str) -> bool:
+    """Assign a video to a part by a hash of its id, so the split into parts stays the same
+    even when another machine lists the videos in another order or sees more of them."""
+    index, total = parse_part(part)
+    return zlib.crc32(video_id.encode()) % total == index - 1
+
+
+def run(cfg: ExtractConfig) -> Manifest | None:
+    """Extract the crops of this part's videos; return the manifest once the dataset is done,
+    or None while other parts are still missing."""
+    cfg.validate()
+    listing = _list(cfg.identity())
+    for name in listing.missing:
+        log.warning("named in the split lists but not on disk: %s", name)
+    out = Path(cfg.out)
+    _prepare_output(out, cfg)
+    mine = [v for v in listing.videos if in_part(v.video_id, cfg.part)]
+    todo = [v for v in mine if not _result_path(out, v.video_id).is_file()]
+    if len(todo) < len(mine):
+        log.info("resuming: %d of %d videos already extracted", len(mine) - len(todo), len(mine))
+    work = partial(extract_video, cfg=cfg, out_dir=out)
+    for _ in run_parallel(work, todo, jobs=cfg.jobs, desc="extract", unit="video"):
+        pass
+    return finalize(out)
+
+
+def finalize(out_dir: str | Path) -> Manifest | None:
+    """Join the per-video results into records.jsonl and manifest.json, or return None if
+    some videos (other parts) are not done yet. The result does not depend on how the
+    videos were split into parts."""
+    out_dir = Path(out_dir)
+    ident = _read_config(out_dir)
+    listing = _list(ident)
+    results, pending = [], []
+    for video in listing.videos:
+        path = _result_path(out_dir, video.video_id)
+        if path.is_file():
+            results.append(json.loads(path.read_text()))
+        else:
+            pending.append(video.video_id)
+    if pending:
+        log.info("%d of %d videos are not extracted yet (other parts?)", len(pending),
+                 len(listing.videos))
+        return None
+    records = [r for result in results for r in result["records"]]
+    manifest = Manifest(
+        stage=STAGE, config=ident, parent=None, counts=_counts(results, listing.missing),
+        complete=True, extra={
+            "missing_videos": listing.missing,
+            "short_videos": [r["video_id"] for r in results if 0 < r["crops"] < r["requested"]],
+            "failed_videos": [r["video_id"] for r in results if r["crops"] == 0],
+        })
+    previous = _existing_manifest(out_dir)
+    if previous is not None and _same_output(previous, manifest, records):
+        return previous  # unchanged: keep its hash, so later stages stay valid
+    return write_stage(out_dir, manifest, records)
+
+
+def _counts(results: list[dict], missing: list[str]) -> dict[str, int]:
+    statuses = [r["status"] for result in results for r in result["records"]]
+    return {
+        "videos": len(results),
+        "videos_with_crops": sum(r["crops"] > 0 for r in results),
+        "videos_failed": sum(r["crops"] == 0 for r in results),
+        "videos_short": sum(0 < r["crops"] < r["requested"] for r in results),
+        "videos_missing": len(missing),
+        "frames_tried": sum(r["requested"] for r in results),
+        "crops": statuses.count("ok"),
+        "no_face": statuses.count("no_face"),
+        "decode_error": statuses.count("decode_error"),
+        "unreadable": statuses.count("unreadable"),
+    }
+
+
+def _existing_manifest(out_dir: Path) -> Manifest | None:
+    if not (out_dir / MANIFEST_FILE).is_file():
+        return None
+    return read_manifest(out_dir)
+
+
+def _same_output(previous: Manifest, new: Manifest, records: list[dict]) -> bool:
+    return (previous.complete and previous.config == new.config
+            and previous.counts == new.counts and previous.extra == new.extra
+            and previous.records_sha256 == hashlib.sha256(jsonl_bytes(records)).hexdigest())
+
+
+def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
+    """Do one video end to end and mark it done; return its id."""
+    base = video.to_dict()
+    base["path"] = _relative(video.path, cfg.root)
+    try:
+        reader = VideoReader(video.path, cfg.backend)
+    except VideoOpenError as e:
+        result = _video_result(video, 0, 0.0, None, 0, [{**base, "status": "unreadable",
+                                                         "error": str(e)}])
+        atomic_write_json(_result_path(out_dir, video.video_id), result)
+        return video.video_id
+    indices = sample_indices(reader.n_frames, frames=cfg.frames, every=cfg.every)
+    final_dir = out_dir / CROPS_DIR / video.video_id
+    partial_dir = final_dir.with_name(final_dir.name + ".partial")
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    partial_dir.mkdir(parents=True)
+    batch_size = cfg.batch_size or (32 if cfg.device.startswith("cuda") else CPU_BATCH)
+    detector = _detector(cfg.detector, cfg.detector_weights, cfg.threshold, cfg.det_max_side,
+                         threads_per_job(cfg.jobs), cfg.device)
+    records, previous = [], None
+    frames = reader.read(indices)
+    while chunk := list(islice(frames, batch_size)):
+        decoded = [f for f in chunk if f.image is not None]
+        faces_per_frame = dict(zip((f.index for f in decoded), _detect(detector, decoded)))
+        for frame in chunk:
+            where = {**base, "frame_index": frame.index,
+                     "timestamp": round(frame.index / reader.fps, 4) if reader.fps > 0 else None}
+            if frame.image is None:
+                records.append({**where, "status": "decode_error", "error": frame.error})
+                continue
+            faces = faces_per_frame[frame.index]
+            face = choose_face(faces, frame.image.shape, cfg.face, previous)
+            if face is None:
+                records.append({**where, "status": "no_face", "n_faces": 0})
+                continue
+            previous = face
+            crop, matrix = align_face(frame.image, face.kps, cfg.crop_size, cfg.margin)
+            name = f"{frame.index:06d}.{cfg.image_format}"
+            _write_image(partial_dir / name, crop, cfg)
+            records.append({
+                **where, "status": "ok", "crop": f"{CROPS_DIR}/{video.video_id}/{name}",
+                "score": round(face.score, 5), "box": _rounded(face.box),
+                "kps": _rounded(face.kps), "matrix": _rounded(matrix, 6),
+                "n_faces": len(faces), "face_choice": cfg.face,
+            })
+    shutil.rmtree(final_dir, ignore_errors=True)
+    partial_dir.rename(final_dir)
+    result = _video_result(video, reader.n_frames, reader.fps, reader.backend, len(indices), records)
+    atomic_write_json(_result_path(out_dir, video.video_id), result)
+    return video.video_id
+
+
+def _detect(detector, frames) -> list[list[Face]]:
+    """Detect in batches of equal frame shape (a stream can change resolution mid-way)."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frames):
+        by_shape.setdefault(f.image.shape, []).append(i)
+    found: list[list[Face]] = [[] for _ in frames]
+    for positions in by_shape.values():
+        for pos, faces in zip(positions, detector.detect([frames[p].image for p in positions])):
+            found[pos] = faces
+    return found
+
+
+def _video_result(video, n_frames, fps, backend, requested, records) -> dict:
+    return {"video_id": video.video_id, "n_frames": n_frames, "fps": fps, "backend": backend,
+            "requested": requested, "crops": sum(r["status"] == "ok" for r in records),
+            "records": records}
+
+
+@lru_cache(maxsize=2)
+def _detector(name, weights, threshold, max_side, threads, device):
+    # Cached per process: a joblib worker builds its detector once, not once per video.
+    return make_detector(name, weights=weights, threshold=threshold, max_side=max_side,
+                         threads=threads, device=device)
+
+
+def _write_image(path: Path, rgb: np.ndarray, cfg: ExtractConfig) -> None:
+    params = [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality] if cfg.image_format == "jpg" else []
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
+        raise OSError(f"could not write {path}")
+
+
+def _rounded(a: np.ndarray, digits: int = 2) -> list:
+    return np.round(np.asarray(a, dtype=np.float64), digits).tolist()
+
+
+def _relative(path: str, root: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _result_path(out_dir: Path, video_id: str) -> Path:
+    return out_dir / WORK_DIR / "videos" / f"{video_id}.json"
+
+
+def _list(ident: dict):
+    return list_videos(ident["dataset"], ident["root"], compression=ident["compression"],
+                       methods=ident["methods"], splits=ident["splits"])
+
+
+def _read_config(out_dir: Path) -> dict:
+    path = out_dir / WORK_DIR / "config.json"
+    if not path.is_file():
+        raise LrerrError(f"{out_dir}: not an extract output directory (no {path.relative_to(out_dir)})")
+    return json.loads(path.read_text())
+
+
+def _prepare_output(out: Path, cfg: ExtractConfig) -> None:
+    """Claim `out` for this config, refusing a different config unless --overwrite."""
+    config_path = out / WORK_DIR / "config.json"
+    ours = config_path.is_file()
+    if out.exists() and not out.is_dir():
+        raise LrerrError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not ours:
+        raise LrerrError(f"--out {out}: not empty and not an extract output — choose another")
+    if ours and cfg.overwrite:
+        for name in (WORK_DIR, CROPS_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (MANIFEST_FILE, RECORDS_FILE):
+            (out / name).unlink(missing_ok=True)
+    stored = create_json_once(config_path, cfg.identity())
+    if stored != json.loads(json.dumps(cfg.identity())):
+        changed = sorted(k for k in stored.keys() | cfg.identity().keys()
+                         if stored.get(k) != cfg.identity().get(k))
+        raise LrerrError(
+            f"--out {out}: was extracted with another config (differs in {', '.join(changed)}) "
+            "— pass --overwrite to start again, or choose another --out"
+        )

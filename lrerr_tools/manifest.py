@@ -1,0 +1,128 @@
+"""Stage output directories: `manifest.json` (the header) and `records.jsonl` (one line a record).
+
+Every stage writes one, and every stage but the first reads its parent's through
+`open_parent`, which refuses a parent that is missing, incomplete, of the wrong stage or
+changed since it was written. The JSON Schemas in `manifests/` define both files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+
+import jsonschema
+
+from lrerr_tools import __version__
+from lrerr_tools.atomic_io import atomic_write_json, atomic_write_jsonl, sha256_file
+from lrerr_tools.errors import LrerrError
+
+MANIFEST_FILE = "manifest.json"
+RECORDS_FILE = "records.jsonl"
+
+
+@dataclass
+class Manifest:
+    stage: str
+    config: dict
+    parent: dict | None
+    counts: dict[str, int]
+    complete: bool
+    records_sha256: str = ""
+    version: str = __version__
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """A stage directory that passed `open_parent`: its manifest and the hash a child records."""
+
+    path: Path
+    manifest: Manifest
+    sha256: str
+
+    def as_parent(self) -> dict:
+        return {"path": str(self.path.resolve()), "sha256": self.sha256}
+
+    def records(self) -> Iterator[dict]:
+        return iter_records(self.path)
+
+
+@cache
+def schema(name: str) -> dict:
+    return json.loads((files("lrerr_tools") / "schemas" / f"{name}.schema.json").read_text())
+
+
+def write_stage(out_dir: str | Path, manifest: Manifest, records: Iterable[dict]) -> Manifest:
+    """Write records, then the manifest that names their hash: a reader never pairs a new
+    manifest with old records, because the manifest is renamed into place last."""
+    out_dir = Path(out_dir)
+    manifest.records_sha256 = atomic_write_jsonl(out_dir / RECORDS_FILE, records)
+    atomic_write_json(out_dir / MANIFEST_FILE, asdict(manifest))
+    return manifest
+
+
+def read_manifest(stage_dir: str | Path) -> Manifest:
+    path = Path(stage_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise LrerrError(f"{stage_dir}: no {MANIFEST_FILE} — is this a stage output directory?")
+    try:
+        data = json.loads(path.read_text())
+        jsonschema.validate(data, schema("manifest"))
+    except json.JSONDecodeError as e:
+        raise LrerrError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except jsonschema.ValidationError as e:
+        where = "/".join(map(str, e.absolute_path)) or "top level"
+        raise LrerrError(f"{path}: invalid manifest at {where}: {e.message}") from None
+    return Manifest(**data)
+
+
+def iter_records(stage_dir: str | Path) -> Iterator[dict]:
+    path = Path(stage_dir) / RECORDS_FILE
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                raise LrerrError(f"{path}:{lineno}: not a JSON record") from None
+
+
+def open_parent(stage_dir: str | Path, stage: str) -> StageDir:
+    """Load `stage_dir` as the input of a later stage, or say in one line why it can't be."""
+    stage_dir = Path(stage_dir)
+    if not stage_dir.is_dir():
+        raise LrerrError(f"{stage_dir}: not found — run `lrerr-tools {stage}` first")
+    manifest = read_manifest(stage_dir)
+    if manifest.stage != stage:
+        raise LrerrError(
+            f"{stage_dir}: is a '{manifest.stage}' directory, expected the output of '{stage}'"
+        )
+    if not manifest.complete:
+        raise LrerrError(
+            f"{stage_dir}: the '{stage}' stage has not completed — rerun it to finish "
+            "(it resumes), or merge its parts"
+        )
+    records = stage_dir / RECORDS_FILE
+    if not records.is_file() or sha256_file(records) != manifest.records_sha256:
+        raise LrerrError(f"{records}: changed or missing since its manifest was written")
+    return StageDir(stage_dir, manifest, sha256_file(stage_dir / MANIFEST_FILE))
+
+
+def check_parent_unchanged(manifest: Manifest) -> None:
+    """Refuse to build on a child whose parent was rewritten after the child was made."""
+    parent = manifest.parent
+    if parent is None:
+        return
+    path = Path(parent["path"]) / MANIFEST_FILE
+    if not path.is_file():
+        raise LrerrError(f"{manifest.stage} input {parent['path']} is gone")
+    if sha256_file(path) != parent["sha256"]:
+        raise LrerrError(
+            f"{parent['path']}: changed after the '{manifest.stage}' stage was built on it "
+            "(content hash differs) — rerun that stage"
+        )

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.manifest import (
+    Manifest,
+    check_parent_unchanged,
+    open_parent,
+    read_manifest,
+    write_stage,
+)
+
+
+def _write(path, complete=True, stage="extract", parent=None):
+    manifest = Manifest(stage=stage, config={"a": 1}, parent=parent, counts={"crops": 2},
+                        complete=complete)
+    return write_stage(path, manifest, [{"status": "ok", "i": 0}, {"status": "ok", "i": 1}])
+
+
+def test_round_trip(tmp_path):
+    written = _write(tmp_path)
+    read = read_manifest(tmp_path)
+    assert read == written
+    assert len(read.records_sha256) == 64
+    assert [r["i"] for r in open_parent(tmp_path, "extract").records()] == [0, 1]
+
+
+def test_no_temp_files_are_left_behind(tmp_path):
+    _write(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "records.jsonl"]
+
+
+def test_incomplete_parent_is_refused(tmp_path):
+    _write(tmp_path, complete=False)
+    with pytest.raises(LrerrError, match="not completed"):
+        open_parent(tmp_path, "extract")
+
+
+def test_parent_of_another_stage_is_refused(tmp_path):
+    _write(tmp_path, stage="landmarks")
+    with pytest.raises(LrerrError, match="expected the output of 'extract'"):
+        open_parent(tmp_path, "extract")
+
+
+def test_missing_parent_says_which_stage_to_run(tmp_path):
+    with pytest.raises(LrerrError, match="run `lrerr-tools extract` first"):
+        open_parent(tmp_path / "nope", "extract")
+
+
+def test_tampered_records_are_refused(tmp_path):
+    _write(tmp_path)
+    records = tmp_path / "records.jsonl"
+    records.write_text(records.read_text().replace('"i": 1', '"i": 7'))
+    with pytest.raises(LrerrError, match="changed or missing"):
+        open_parent(tmp_path, "extract")
+
+
+def test_invalid_manifest_names_the_field(tmp_path):
+    _write(tmp_path)
+    path = tmp_path / "manifest.json"
+    data = json.loads(path.read_text())
+    data["counts"]["crops"] = -1
+    path.write_text(json.dumps(data))
+    with pytest.raises(LrerrError, match="counts/crops"):
+        read_manifest(tmp_path)
+
+
+def test_unparsable_manifest_is_one_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(LrerrError, match="not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def test_child_notices_its_parent_changed(tmp_path):
+    _write(tmp_path / "p")
+    parent = open_parent(tmp_path / "p", "extract")
+    child = _write(tmp_path / "c", stage="landmarks", parent=parent.as_parent())
+    check_parent_unchanged(child)  # unchanged: no error
+    _write(tmp_path / "p")  # rewritten: a new `created` time changes its hash
+    with pytest.raises(LrerrError, match="changed after"):
+        check_parent_unchanged(child)
