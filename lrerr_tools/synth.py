@@ -241,9 +241,10 @@ def _face2face(img, rng, sx, sy):
     smile = rng.uniform(-3, 3) * s
     dx = smile * bump * (xx - mx) / gx
     dy = jaw * bump * below_mouth
-    warped = cv2.remap(
-        img, xx - dx, yy - dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-    )
+    # remap needs both maps float32: a float64 one (from the float64 random draws) sends
+    # OpenCV 5 down a path that takes minutes and returns NaN.
+    map_x, map_y = (xx - dx).astype(np.float32), (yy - dy).astype(np.float32)
+    warped = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     rendered = cv2.GaussianBlur(warped, (0, 0), 0.6 * s) * rng.uniform(0.97, 1.03, 3)
     return rendered, _face_mask(img.shape, sx, sy, 1.0, 5 * s)
 

@@ -33,10 +33,11 @@ class FrameResult:
 
 
 class VideoReader:
-    def __init__(self, path: str, backend: str = "auto"):
+    def __init__(self, path: str, backend: str = "auto", threads: int = 0):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}")
         self.path = path
+        self.threads = threads
         errors = []
         for name in ("decord", "opencv") if backend == "auto" else (backend,):
             try:
@@ -52,7 +53,8 @@ class VideoReader:
             import decord
 
             try:
-                self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
+                self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0),
+                                              num_threads=self.threads)
             except Exception as e:  # decord raises its own DECORDError or RuntimeError
                 raise VideoOpenError(decord_message(e)) from e
             self.n_frames = len(self._vr)
