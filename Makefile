@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_shards.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -119,6 +119,73 @@ def merge(out: Annotated[Path, typer.Argument(help="The extract directory the pa
 
 @app.command()
 @user_errors
+def landmarks(
+    extract_dir: Annotated[Path, typer.Argument(help="The output directory of `lrerr-tools extract`.")],
+    out: Annotated[Path, typer.Option(help="Output directory (created; resumable).")],
+    coverage: Annotated[float, typer.Option(
+        help="Fraction of the real train faces whose 4 key points (brows, jaw) the key region "
+             "must hold.")] = 0.95,
+    expand: Annotated[int, typer.Option(help="Pixels to grow the key region by on every side.")] = 8,
+    patch: Annotated[int, typer.Option(help="ViT patch side in pixels; T is given on this grid.")] = 16,
+    jobs: Annotated[int, typer.Option(help="Videos processed in parallel (0 = one per core).")] = 1,
+    overwrite: Annotated[bool, typer.Option(
+        help="Discard an earlier output made with another config or from a changed extract.")] = False,
+) -> None:
+    """dlib 68-point landmarks on every crop, and the key region T (patch ids) LRErr masks."""
+    from lrerr_tools.landmarks import IMAGE_FILE, LandmarksConfig, run
+
+    cfg = LandmarksConfig(extract_dir=str(extract_dir), out=str(out), coverage=coverage,
+                          expand=expand, patch=patch, jobs=jobs, overwrite=overwrite)
+    manifest = run(cfg)
+    print_counts(f"landmarks complete: {out}", manifest.counts)
+    region = manifest.extra["key_region"]
+    typer.echo(f"key region: rect {region['rect']}, {len(region['patches'])} of {region['mask_len']} "
+               f"patches, from {region['faces_used']} {region['source']} faces")
+    typer.echo(f"check it:   {out / IMAGE_FILE}")
+
+
+@app.command()
+@user_errors
+def shard(
+    landmarks: Annotated[Path, typer.Argument(help="The landmarks directory to pack.")],
+    out: Annotated[Path, typer.Option(help="Output directory (created; resumable).")],
+    shard_size: Annotated[int, typer.Option(help="Faces per HDF5 shard.")] = 1024,
+    codec: Annotated[str, typer.Option(
+        help="Image storage: png (lossless), jpeg (lossy, smallest) or raw (biggest, fastest).")] = "png",
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality with --codec jpeg.")] = 95,
+    jobs: Annotated[int, typer.Option(help="Shards written in parallel (0 = one per core).")] = 1,
+    overwrite: Annotated[bool, typer.Option(
+        help="Discard an earlier output made with another config or landmarks directory.")] = False,
+) -> None:
+    """Pack the faces with landmarks into HDF5 shards per split, for fast training input."""
+    from lrerr_tools.shard import ShardConfig, run
+
+    manifest = run(ShardConfig(landmarks=str(landmarks), out=str(out), shard_size=shard_size,
+                               codec=codec, jpeg_quality=jpeg_quality, jobs=jobs, overwrite=overwrite))
+    print_counts(f"shard complete: {out}", manifest.counts)
+
+
+@app.command()
+@user_errors
+def verify(
+    directory: Annotated[Path, typer.Argument(help="Any stage's output directory.")],
+    deep: Annotated[bool, typer.Option(
+        help="Decode every crop or shard image, not only a sample (slow on big datasets).")] = False,
+) -> None:
+    """Check a stage directory against its manifest: hashes, schemas, parent, crops or shards."""
+    from lrerr_tools.verify import summary
+    from lrerr_tools.verify import verify as verify_dir
+
+    problems = verify_dir(directory, deep=deep)
+    for line in problems:
+        typer.echo(line)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(summary(directory))
+
+
+@app.command()
+@user_errors
 def sample(
     out: Annotated[Path, typer.Argument(help="Folder to write the sample dataset into.")],
     pairs: Annotated[int, typer.Option(help="FF++ pairs; pair k goes to train/val/test in turn.")] = 3,

@@ -13,7 +13,6 @@ and resumes to the same output as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -28,21 +27,21 @@ import cv2
 import numpy as np
 
 from lrerr_tools.alignment import align_face
-from lrerr_tools.atomic_io import atomic_write_json, create_json_once, jsonl_bytes
+from lrerr_tools.atomic_io import atomic_write_json
 from lrerr_tools.datasets import ADAPTERS, VideoRecord, list_videos
 from lrerr_tools.detection import DETECTORS, Face, make_detector
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.face_choice import POLICIES, choose_face
-from lrerr_tools.manifest import MANIFEST_FILE, RECORDS_FILE, Manifest, read_manifest, write_stage
+from lrerr_tools.manifest import Manifest, write_stage
 from lrerr_tools.parallel import run_parallel, threads_per_job
 from lrerr_tools.sampling import sample_indices
+from lrerr_tools.stage_dir import WORK_DIR, existing_manifest, prepare_output, result_path, same_output
 from lrerr_tools.video import BACKENDS, VideoOpenError, VideoReader
 
 log = logging.getLogger(__name__)
 
 STAGE = "extract"
 IMAGE_FORMATS = ("png", "jpg")
-WORK_DIR = "work"
 # Measured: on CPU, onnxruntime gains little from batching and loses cache locality past 2
 # frames (benchmarks/bench_extract.py); on a GPU bigger batches pay.
 CPU_BATCH = 2
@@ -131,9 +130,9 @@ def run(cfg: ExtractConfig) -> Manifest | None:
     for name in listing.missing:
         log.warning("named in the split lists but not on disk: %s", name)
     out = Path(cfg.out)
-    _prepare_output(out, cfg)
+    prepare_output(out, STAGE, cfg.identity(), cfg.overwrite, outputs=(CROPS_DIR,))
     mine = [v for v in listing.videos if in_part(v.video_id, cfg.part)]
-    todo = [v for v in mine if not _result_path(out, v.video_id).is_file()]
+    todo = [v for v in mine if not result_path(out, v.video_id).is_file()]
     if len(todo) < len(mine):
         log.info("resuming: %d of %d videos already extracted", len(mine) - len(todo), len(mine))
     work = partial(extract_video, cfg=cfg, out_dir=out)
@@ -151,7 +150,7 @@ def finalize(out_dir: str | Path) -> Manifest | None:
     listing = _list(ident)
     results, pending = [], []
     for video in listing.videos:
-        path = _result_path(out_dir, video.video_id)
+        path = result_path(out_dir, video.video_id)
         if path.is_file():
             results.append(json.loads(path.read_text()))
         else:
@@ -168,8 +167,8 @@ def finalize(out_dir: str | Path) -> Manifest | None:
             "short_videos": [r["video_id"] for r in results if 0 < r["crops"] < r["requested"]],
             "failed_videos": [r["video_id"] for r in results if r["crops"] == 0],
         })
-    previous = _existing_manifest(out_dir)
-    if previous is not None and _same_output(previous, manifest, records):
+    previous = existing_manifest(out_dir)
+    if previous is not None and same_output(previous, manifest, records):
         return previous  # unchanged: keep its hash, so later stages stay valid
     return write_stage(out_dir, manifest, records)
 
@@ -190,28 +189,16 @@ def _counts(results: list[dict], missing: list[str]) -> dict[str, int]:
     }
 
 
-def _existing_manifest(out_dir: Path) -> Manifest | None:
-    if not (out_dir / MANIFEST_FILE).is_file():
-        return None
-    return read_manifest(out_dir)
-
-
-def _same_output(previous: Manifest, new: Manifest, records: list[dict]) -> bool:
-    return (previous.complete and previous.config == new.config
-            and previous.counts == new.counts and previous.extra == new.extra
-            and previous.records_sha256 == hashlib.sha256(jsonl_bytes(records)).hexdigest())
-
-
 def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
     """Do one video end to end and mark it done; return its id."""
     base = video.to_dict()
     base["path"] = _relative(video.path, cfg.root)
     try:
-        reader = VideoReader(video.path, cfg.backend)
+        reader = VideoReader(video.path, cfg.backend, threads=threads_per_job(cfg.jobs))
     except VideoOpenError as e:
         result = _video_result(video, 0, 0.0, None, 0, [{**base, "status": "unreadable",
                                                          "error": str(e)}])
-        atomic_write_json(_result_path(out_dir, video.video_id), result)
+        atomic_write_json(result_path(out_dir, video.video_id), result)
         return video.video_id
     indices = sample_indices(reader.n_frames, frames=cfg.frames, every=cfg.every)
     final_dir = out_dir / CROPS_DIR / video.video_id
@@ -250,7 +237,7 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
     shutil.rmtree(final_dir, ignore_errors=True)
     partial_dir.rename(final_dir)
     result = _video_result(video, reader.n_frames, reader.fps, reader.backend, len(indices), records)
-    atomic_write_json(_result_path(out_dir, video.video_id), result)
+    atomic_write_json(result_path(out_dir, video.video_id), result)
     return video.video_id
 
 
@@ -296,10 +283,6 @@ def _relative(path: str, root: str) -> str:
         return str(path)
 
 
-def _result_path(out_dir: Path, video_id: str) -> Path:
-    return out_dir / WORK_DIR / "videos" / f"{video_id}.json"
-
-
 def _list(ident: dict):
     return list_videos(ident["dataset"], ident["root"], compression=ident["compression"],
                        methods=ident["methods"], splits=ident["splits"])
@@ -310,26 +293,3 @@ def _read_config(out_dir: Path) -> dict:
     if not path.is_file():
         raise LrerrError(f"{out_dir}: not an extract output directory (no {path.relative_to(out_dir)})")
     return json.loads(path.read_text())
-
-
-def _prepare_output(out: Path, cfg: ExtractConfig) -> None:
-    """Claim `out` for this config, refusing a different config unless --overwrite."""
-    config_path = out / WORK_DIR / "config.json"
-    ours = config_path.is_file()
-    if out.exists() and not out.is_dir():
-        raise LrerrError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not ours:
-        raise LrerrError(f"--out {out}: not empty and not an extract output — choose another")
-    if ours and cfg.overwrite:
-        for name in (WORK_DIR, CROPS_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (MANIFEST_FILE, RECORDS_FILE):
-            (out / name).unlink(missing_ok=True)
-    stored = create_json_once(config_path, cfg.identity())
-    if stored != json.loads(json.dumps(cfg.identity())):
-        changed = sorted(k for k in stored.keys() | cfg.identity().keys()
-                         if stored.get(k) != cfg.identity().get(k))
-        raise LrerrError(
-            f"--out {out}: was extracted with another config (differs in {', '.join(changed)}) "
-            "— pass --overwrite to start again, or choose another --out"
-        )

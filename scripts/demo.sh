@@ -12,6 +12,13 @@ fi
 lrerr-tools extract "$work/sample" --dataset ffpp --splits "$work/sample/splits" \
     --out "$work/extract" --frames 8 --jobs 2
 
+lrerr-tools landmarks "$work/extract" --out "$work/landmarks" --jobs 2
+
+lrerr-tools shard "$work/landmarks" --out "$work/shards"
+lrerr-tools verify "$work/shards"
+
 echo
 echo "crops:    $work/extract/crops/<method>/<video>/"
 echo "records:  $work/extract/records.jsonl"
+echo "key region (check it first): $work/landmarks/key_region.png"
+echo "shards:   $work/shards/shards/<split>-<k>.h5 (read with lrerr_tools.shard_dataset.ShardDataset)"

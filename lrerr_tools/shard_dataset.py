@@ -1,0 +1,167 @@
+"""A PyTorch Dataset over a shard directory (the output of `lrerr-tools shard`).
+
+    ds = ShardDataset("work/shards", split="train", methods=["Deepfakes", "youtube"])
+    loader = DataLoader(ds, batch_size=32, sampler=balanced_sampler(ds), num_workers=4)
+
+At construction it reads the shard index from the manifest and, from each shard of the
+split, only the small per-face arrays (label, method, video, frame, key mask), to filter
+and to keep in memory (the key masks bit-packed: 25 bytes a face). The HDF5 image
+datasets are opened lazily, once per process, on first access: a DataLoader worker opens its
+own handles, and pickling the dataset (which starting workers does) drops any open ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.manifest import open_parent
+
+SPLITS = ("train", "val", "test", "unassigned")
+
+
+class ShardDataset(Dataset):
+    """Faces of one split (None: all), optionally only some labels (0 real, 1 fake) or methods.
+
+    An item is a dict: `image` uint8 tensor (3,S,S) RGB, `key_mask` bool tensor (G*G,),
+    `label` int, `video_id` str, `frame_index` int and `method` str.
+    """
+
+    def __init__(self, shard_dir: str | Path, split: str | None = "train",
+                 labels: Iterable[int] | None = None, methods: Iterable[str] | None = None):
+        self.shard_dir = Path(shard_dir)
+        if split is not None and split not in SPLITS:
+            raise LrerrError(f"split must be one of {', '.join(SPLITS)} or None (got {split!r})")
+        manifest = open_parent(self.shard_dir, "shard").manifest
+        self.split = split
+        self.key_region = manifest.extra.get("key_region")
+        self.image_size = manifest.extra.get("image_size")
+        self._mask_len = int((self.key_region or {}).get("grid", 14)) ** 2
+        labels = None if labels is None else {int(x) for x in labels}
+        methods = None if methods is None else set(methods)
+
+        self.files: list[str] = []
+        self.codecs: list[str] = []
+        self.video_ids: list[str] = []  # global tables the per-item arrays index into
+        self.method_names: list[str] = []
+        video_lookup: dict[str, int] = {}
+        method_lookup: dict[str, int] = {}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("shard", "row", "label", "frame",
+                                                              "video", "method", "key_bits")}
+        for entry in manifest.extra["shards"]:
+            if split is not None and entry["split"] != split:
+                continue
+            if methods is not None and not methods & set(entry["methods"]):
+                continue
+            if labels is not None and not any(entry[("n_real", "n_fake")[x]] for x in labels & {0, 1}):
+                continue
+            with h5py.File(self.shard_dir / entry["file"], "r") as f:
+                label = f["label"][:]
+                frame = f["frame_index"][:]
+                shard_videos = f["video_ids"].asstr()[:]
+                shard_methods = f["methods"].asstr()[:]
+                video = f["video_index"][:]
+                method = f["method_index"][:]
+                codec = f.attrs["codec"]
+                key_mask = f["key_mask"][:]
+            keep = np.ones(len(label), bool)
+            if labels is not None:
+                keep &= np.isin(label, list(labels))
+            if methods is not None:
+                keep &= np.isin(shard_methods[method], list(methods))
+            if not keep.any():
+                continue
+            to_video = np.array([video_lookup.setdefault(v, len(video_lookup)) for v in shard_videos],
+                                np.int32)
+            to_method = np.array([method_lookup.setdefault(m, len(method_lookup)) for m in shard_methods],
+                                 np.int32)
+            rows = np.flatnonzero(keep)
+            self._mask_len = key_mask.shape[1]
+            parts["key_bits"].append(np.packbits(key_mask[rows], axis=1))
+            parts["shard"].append(np.full(len(rows), len(self.files), np.int32))
+            parts["row"].append(rows.astype(np.int32))
+            parts["label"].append(label[rows])
+            parts["frame"].append(frame[rows])
+            parts["video"].append(to_video[video[rows]])
+            parts["method"].append(to_method[method[rows]])
+            self.files.append(str(self.shard_dir / entry["file"]))
+            self.codecs.append(codec.decode() if isinstance(codec, bytes) else str(codec))
+        self.video_ids = list(video_lookup)
+        self.method_names = list(method_lookup)
+        joined = {k: np.concatenate(v) if v else np.zeros(0, np.int32) for k, v in parts.items()}
+        self._shard, self._row = joined["shard"], joined["row"]
+        self.labels = joined["label"].astype(np.int64)  # per item, for samplers and class weights
+        self.frame_index = joined["frame"].astype(np.int64)
+        self._video, self._method = joined["video"], joined["method"]
+        self._key_bits = joined["key_bits"]
+        self._handles: dict[int, tuple] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} faces")
+        shard, row = int(self._shard[index]), int(self._row[index])
+        image = self._images(shard)[row]
+        if self.codecs[shard] != "raw":
+            bgr = cv2.imdecode(image, cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise OSError(f"{self.files[shard]}: image {row} does not decode")
+            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "key_mask": torch.from_numpy(
+                np.unpackbits(self._key_bits[index], count=self._mask_len).astype(bool)),
+            "label": int(self.labels[index]),
+            "video_id": self.video_ids[self._video[index]],
+            "frame_index": int(self.frame_index[index]),
+            "method": self.method_names[self._method[index]],
+        }
+
+    def _images(self, shard: int):
+        if self._pid != os.getpid():  # forked after opening: the parent's handles are not ours
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            f = h5py.File(self.files[shard], "r")
+            self._handles[shard] = (f, f["images"])
+        return self._handles[shard][1]
+
+    def close(self) -> None:
+        """Close the HDF5 files this process opened (they reopen on the next access)."""
+        for f, *_ in self._handles.values():
+            f.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # never pickle an open h5py file; each process opens its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+
+def balanced_sampler(dataset: ShardDataset, num_samples: int | None = None,
+                     seed: int = 0) -> WeightedRandomSampler:
+    """Draw real and fake faces equally often (with replacement); `num_samples` defaults to
+    the dataset's length, i.e. one epoch."""
+    labels = np.asarray(dataset.labels)
+    counts = np.bincount(labels, minlength=2)
+    if counts[0] == 0 or counts[1] == 0:
+        missing = "real" if counts[0] == 0 else "fake"
+        raise LrerrError(f"cannot balance real and fake: the dataset holds no {missing} faces")
+    weights = torch.from_numpy(0.5 / counts[labels])
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(weights, num_samples or len(labels), replacement=True,
+                                 generator=generator)

@@ -1,0 +1,73 @@
+"""The resumable-output machinery that per-video stages share (`extract`, `landmarks`).
+
+A stage claims its output directory with `prepare_output`, which stores the config that
+decides the output in `work/config.json` and refuses a different one unless --overwrite.
+Each video's result is written atomically to `work/videos/<video_id>.json`; its presence
+means "done", so a rerun skips it. At the end the stage writes records.jsonl + manifest.json,
+unless `same_output` says the existing ones already hold the same result (then they are
+kept, with their hash, so the stages built on them stay valid).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from lrerr_tools.atomic_io import create_json_once, jsonl_bytes
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.manifest import MANIFEST_FILE, RECORDS_FILE, Manifest, read_manifest
+
+WORK_DIR = "work"
+CONFIG_FILE = "config.json"
+
+
+def result_path(out_dir: Path, video_id: str) -> Path:
+    return Path(out_dir) / WORK_DIR / "videos" / f"{video_id}.json"
+
+
+def prepare_output(out: Path, stage: str, identity: dict, overwrite: bool,
+                   outputs: Iterable[str] = ()) -> None:
+    """Claim `out` for the config `identity`, refusing a different one unless `overwrite`.
+
+    With `overwrite`, an earlier output of this stage is cleared first: work/, manifest.json,
+    records.jsonl and the stage's own `outputs` (files or folders, relative to `out`).
+    """
+    out = Path(out)
+    config_path = out / WORK_DIR / CONFIG_FILE
+    ours = config_path.is_file()
+    if out.exists() and not out.is_dir():
+        raise LrerrError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not ours:
+        article = "an" if stage[:1] in "aeiou" else "a"
+        raise LrerrError(f"--out {out}: not empty and not {article} {stage} output — choose another")
+    if ours and overwrite:
+        for name in (WORK_DIR, MANIFEST_FILE, RECORDS_FILE, *outputs):
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    wanted = json.loads(json.dumps(identity))
+    stored = create_json_once(config_path, wanted)
+    if stored != wanted:
+        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+        raise LrerrError(
+            f"--out {out}: was made with another config (differs in {', '.join(changed)}) "
+            "— pass --overwrite to start again, or choose another --out"
+        )
+
+
+def existing_manifest(out_dir: Path) -> Manifest | None:
+    if not (Path(out_dir) / MANIFEST_FILE).is_file():
+        return None
+    return read_manifest(out_dir)
+
+
+def same_output(previous: Manifest, new: Manifest, records: list[dict]) -> bool:
+    """True when `previous` already describes `new` with these records (timestamps aside)."""
+    return (previous.complete and previous.config == new.config and previous.parent == new.parent
+            and previous.counts == new.counts and previous.extra == new.extra
+            and previous.records_sha256 == hashlib.sha256(jsonl_bytes(records)).hexdigest())
