@@ -32,7 +32,7 @@ _LOWER_FACE_AXES = (27.0, 24.0)
 # one with the same seed and motion speed does not depend on the clip length.
 _PATH_FPS = 25.0
 
-Edit = Callable[[np.ndarray, np.random.Generator, float, float], tuple[np.ndarray, np.ndarray]]
+_Edit = Callable[[np.ndarray, np.random.Generator, float, float], tuple[np.ndarray, np.ndarray]]
 
 
 def astronaut_rgb() -> np.ndarray:
@@ -70,9 +70,14 @@ def write_video(
             f"images, got shape {frames.shape} dtype {frames.dtype}"
         )
     if len(codec) != 4:
-        raise LrerrError(f"{path}: codec must be a four-character code such as 'mp4v', not {codec!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise LrerrError(
+            f"{path}: codec must be a four-character code such as 'mp4v', not {codec!r}"
+        )
     height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        # The mp4v and MJPG encoders silently drop the odd row/column.
+        raise LrerrError(f"{path}: frame width and height must be even, got {width}x{height}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(
         str(path), cv2.VideoWriter_fourcc(*codec), float(fps), (width, height), isColor=colour
     )
@@ -83,7 +88,8 @@ def write_video(
         )
     try:
         for frame in frames:
-            writer.write(np.ascontiguousarray(frame[..., ::-1]) if colour else frame)
+            frame = np.ascontiguousarray(frame)
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if colour else frame)
     finally:
         writer.release()
     return path
@@ -199,7 +205,9 @@ def _ellipse_mask(
     return cv2.GaussianBlur(mask, (0, 0), max(sigma, 0.5))
 
 
-def _face_mask(shape: tuple[int, ...], sx: float, sy: float, grow: float, sigma: float):
+def _face_mask(
+    shape: tuple[int, ...], sx: float, sy: float, grow: float, sigma: float
+) -> np.ndarray:
     centre = (_FACE_CENTRE[0] * sx, _FACE_CENTRE[1] * sy)
     axes = (_FACE_AXES[0] * sx * grow, _FACE_AXES[1] * sy * grow)
     return _ellipse_mask(shape, centre, axes, sigma)
@@ -241,8 +249,7 @@ def _face2face(img, rng, sx, sy):
     smile = rng.uniform(-3, 3) * s
     dx = smile * bump * (xx - mx) / gx
     dy = jaw * bump * below_mouth
-    # remap needs both maps float32: a float64 one (from the float64 random draws) sends
-    # OpenCV 5 down a path that takes minutes and returns NaN.
+    # The float64 random draws promote the maps to float64, which remap misreads (NaNs).
     map_x, map_y = (xx - dx).astype(np.float32), (yy - dy).astype(np.float32)
     warped = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     rendered = cv2.GaussianBlur(warped, (0, 0), 0.6 * s) * rng.uniform(0.97, 1.03, 3)
@@ -276,7 +283,7 @@ def _neuraltextures(img, rng, sx, sy):
     return edited, _ellipse_mask(img.shape, centre, axes, 4 * s)
 
 
-_EDITS: dict[str, Edit] = {
+_EDITS: dict[str, _Edit] = {
     "Deepfakes": _deepfakes,
     "Face2Face": _face2face,
     "FaceSwap": _faceswap,
@@ -287,7 +294,9 @@ _EDITS: dict[str, Edit] = {
 def manipulate(image_rgb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     """A still fake: the face region edited in the style of an FF++ method, softly blended back."""
     if method not in _EDITS:
-        raise LrerrError(f"unknown manipulation method {method!r}; choose from {', '.join(METHODS)}")
+        raise LrerrError(
+            f"unknown manipulation method {method!r}; choose from {', '.join(METHODS)}"
+        )
     image = _check_rgb(image_rgb)
     sy, sx = image.shape[0] / 512, image.shape[1] / 512
     original = image.astype(np.float32)
