@@ -165,6 +165,67 @@ def shard(
     print_counts(f"shard complete: {out}", manifest.counts)
 
 
+@app.command("train-mae")
+@user_errors
+def train_mae(
+    shard_dir: Annotated[Path, typer.Argument(help="The shard directory (output of `lrerr-tools shard`).")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, log.csv, grids, manifest.")],
+    preset: Annotated[str, typer.Option(
+        help="Model size: base (ViT-B/16, the paper), small (ViT-S/16) or tiny (CPU demos).")] = "base",
+    epochs: Annotated[int, typer.Option(help="Epochs (the paper: 300).")] = 300,
+    batch_size: Annotated[int, typer.Option(
+        help="Global batch size, split evenly across torchrun processes (the paper: 32).")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate (the paper: 1e-4).")] = 1e-4,
+    optimizer: Annotated[str, typer.Option(
+        help="adam (the paper: constant lr) or adamw (the MAE recipe: betas 0.9/0.95, weight decay "
+             "0.05, warm-up then cosine).")] = "adam",
+    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs with --optimizer adamw.")] = 15,
+    mask_ratio: Annotated[float, typer.Option(help="Share of the 196 patches masked per face.")] = 0.75,
+    key_mask_ratio: Annotated[float, typer.Option(
+        help="Least share of the key region T masked per face (within the --mask-ratio budget).")] = 0.9,
+    key_region: Annotated[str, typer.Option(
+        help="T: the dataset-wide key patch set (dataset) or each face's own (per-face).")] = "dataset",
+    norm_pix: Annotated[bool, typer.Option(
+        help="Predict per-patch normalized pixels (MAE's norm-pix loss); off because the "
+             "reconstructions are fed to Xception as images.")] = False,
+    init: Annotated[str | None, typer.Option(
+        help="Start the encoder from a weights file or a timm model name in the local cache, e.g. "
+             "vit_base_patch16_224.mae (never downloaded).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bfloat16 where supported).")] = True,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 4,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, sample order and masks.")] = 0,
+    max_steps: Annotated[int | None, typer.Option(
+        help="Cap on steps per epoch (demos, smoke tests).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in --out.")] = False,
+) -> None:
+    """Train the masked autoencoder on real train faces with key-region masking (paper §III.B).
+
+    Multi-GPU: torchrun --nproc_per_node N -m lrerr_tools train-mae ...
+    """
+    from lrerr_tools.mae.train import GRIDS, MaeTrainConfig, run
+    from lrerr_tools.training import is_main_process
+
+    manifest = run(MaeTrainConfig(
+        shard_dir=str(shard_dir), out=str(out), preset=preset, epochs=epochs, batch_size=batch_size,
+        lr=lr, optimizer=optimizer, warmup_epochs=warmup_epochs, mask_ratio=mask_ratio,
+        key_mask_ratio=key_mask_ratio, key_region=key_region, norm_pix=norm_pix, init=init,
+        device=device, amp=amp, workers=workers, resume=resume, seed=seed, max_steps=max_steps,
+        overwrite=overwrite))
+    if not is_main_process():
+        return
+    print_counts(f"train-mae complete: {out}", manifest.counts)
+    best, last = manifest.extra["best"], manifest.extra["last"]
+    typer.echo(f"best epoch {best['epoch']} ({best['metric']} {best['value']:.4f}): "
+               f"{out / manifest.extra['checkpoints']['best']}")
+    errors = (last["val_real_key_error"], last["val_fake_key_error"])
+    if None not in errors:
+        auc = "n/a" if last["key_auc"] is None else f"{last['key_auc']:.3f}"
+        typer.echo(f"key-region error, last epoch: real {errors[0]:.4f}, fake {errors[1]:.4f} (AUC {auc})")
+    typer.echo(f"reconstructions: {out / GRIDS}/epoch-{manifest.counts['epochs']:03d}.png")
+
+
 @app.command()
 @user_errors
 def verify(
@@ -196,6 +257,20 @@ def sample(
 
     root = make_ffpp_sample(out, n_pairs=pairs, n_frames=frames)
     typer.echo(f"sample dataset: {root} (split lists in {root / 'splits'})")
+
+
+@app.command()
+@user_errors
+def report(
+    score_dirs: Annotated[list[Path], typer.Argument(help="Score directories, each with a metrics.json.")],
+    out: Annotated[Path, typer.Option(help="Markdown file to write; each table's CSV goes beside it.")],
+    level: Annotated[str, typer.Option(help="Metrics level in the tables: frame or video.")] = "frame",
+) -> None:
+    """The paper's tables (in-dataset, cross-manipulation, leave-one-out, cross-dataset, ablation)."""
+    from lrerr_tools.report import write_report
+
+    for path in write_report(score_dirs, out, level=level):
+        typer.echo(f"wrote {path}")
 
 
 @app.command()

@@ -1,0 +1,351 @@
+"""`lrerr-tools report`: the paper's tables (I–V) from score directories' `metrics.json`.
+
+Each score directory is one trained model scored on one test set; its `run` block says
+which (schema: `manifests/metrics.schema.json`). A run lands in every table whose protocol
+it matches, a cell no run fills shows "—", and a table no run matches is left out with a
+note. Values are percentages with two decimals, as in the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+
+from lrerr_tools.atomic_io import atomic_write_bytes
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.manifest import schema
+from lrerr_tools.metrics import LEVELS
+
+METRICS_FILE = "metrics.json"
+DETECTORS = {"lrerr": "LRErr", "xception": "Xception"}
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+SHORT_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "NeuralTextures": "NT"}
+PAPER_COMPRESSIONS = ("c23", "c40")
+LEAVE_ONE_OUT = ("Deepfakes", "Face2Face")  # Table III: GID-DF and GID-F2F
+CROSS_DATASETS = {"celebdf": "Celeb-DF-v2", "dfd": "DFD"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One score directory's metrics.json."""
+
+    path: Path
+    metrics: dict
+
+    @property
+    def train(self) -> dict:
+        return self.metrics["run"]["train"]
+
+    @property
+    def test(self) -> dict:
+        return self.metrics["run"]["test"]
+
+    @property
+    def detector(self) -> str:
+        return self.train["method"]
+
+    def describe(self) -> str:
+        train, test = self.train, self.test
+        return (f"{DETECTORS[self.detector]}, trained on {_data(train)}, "
+                f"tested on {_data(test)} ({test['split']} split)")
+
+
+def load_run(score_dir: str | Path) -> Run:
+    path = Path(score_dir) / METRICS_FILE
+    if not path.is_file():
+        raise LrerrError(f"{score_dir}: no {METRICS_FILE} — is this a score directory?")
+    try:
+        metrics = json.loads(path.read_text())
+        jsonschema.validate(metrics, schema("metrics"))
+    except json.JSONDecodeError as e:
+        raise LrerrError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except jsonschema.ValidationError as e:
+        where = "/".join(map(str, e.absolute_path)) or "top level"
+        raise LrerrError(f"{path}: invalid metrics at {where}: {e.message}") from None
+    return Run(Path(score_dir), metrics)
+
+
+@dataclass
+class Table:
+    """A table as rows of cells: a str prints as is, a float as a percentage, None as —.
+
+    `needs` says which runs fill it, for the note when none does.
+    """
+
+    title: str
+    needs: str
+    header: list[str]
+    rows: list[list[str | float | None]] = field(default_factory=list)
+
+
+class Cells:
+    """Values by cell key, keeping the first run that fills a cell and noting any other."""
+
+    def __init__(self, table: str, notes: list[str]):
+        self.table, self.notes = table, notes
+        self.values: dict[tuple, float | None] = {}
+        self.sources: dict[tuple, Path] = {}
+
+    def put(self, key: tuple, value: float | None, run: Run) -> None:
+        if key in self.sources:
+            self.notes.append(f"{self.table}: {run.path} fills the same cell {key} as "
+                              f"{self.sources[key]}; kept {self.sources[key]}")
+            return
+        self.values[key], self.sources[key] = value, run.path
+
+    def get(self, key: tuple) -> float | None:
+        return self.values.get(key)
+
+    def keys(self, n: int) -> list[tuple]:
+        """The distinct first-`n`-field prefixes of the filled keys, in the paper's row order."""
+        return sorted({key[:n] for key in self.values}, key=_row_order)
+
+    def used(self) -> set[Path]:
+        return set(self.sources.values())
+
+
+def in_dataset(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:
+    """Table I: trained and tested on the same FF++ methods and compression."""
+    cells = Cells("Table I", notes)
+    for run in runs:
+        if _in_dataset(run):
+            block = run.metrics[level]
+            for metric in ("acc", "auc"):
+                cells.put((run.detector, run.train["compression"], metric), block[metric], run)
+    comps = _compressions(cells, at=1)
+    table = Table("Table I — in-dataset (FF++)",
+                  "trained and tested on the same FF++ methods, all four of " + _methods(FFPP_METHODS),
+                  ["Detector"] + [f"{c} {_metric(m)}" for c in comps for m in ("acc", "auc")])
+    if cells.values:
+        table.rows = [[name] + [cells.get((detector, c, m)) for c in comps for m in ("acc", "auc")]
+                      for detector, name in DETECTORS.items()]
+    return table, cells.used()
+
+
+def cross_manipulation(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:
+    """Table II: AUC of a model trained on one FF++ method, on each method's fakes vs all reals."""
+    cells = Cells("Table II", notes)
+    for run in runs:
+        if _same_ffpp(run) and len(run.train["methods"]) == 1:
+            row = (run.detector, run.train["methods"][0], run.train["compression"])
+            for method, blocks in run.metrics["per_method"].items():
+                cells.put((*row, method), blocks[level]["auc"], run)
+    tests = _ordered({key[3] for key in cells.values})
+    table = Table("Table II — cross-manipulation AUC (FF++)", "trained on a single FF++ method",
+                  ["Detector", "Train", "Comp"] + [_short(m) for m in tests] + ["Avg"])
+    for detector, train, comp in cells.keys(3):
+        values = [cells.get((detector, train, comp, m)) for m in tests]
+        # An average over fewer columns than its neighbours' would not compare with them.
+        avg = None if None in values else sum(values) / len(values)
+        table.rows.append([DETECTORS[detector], _short(train), comp, *values, avg])
+    return table, cells.used()
+
+
+def leave_one_out(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:
+    """Table III: GID-X, trained on the three other FF++ methods; X's fakes vs all reals."""
+    cells = Cells("Table III", notes)
+    for run in runs:
+        if not _same_ffpp(run):
+            continue
+        for target in LEAVE_ONE_OUT:
+            others = set(FFPP_METHODS) - {target}
+            if set(run.train["methods"]) == others and target in run.metrics["per_method"]:
+                block = run.metrics["per_method"][target][level]
+                for metric in ("acc", "auc"):
+                    cells.put((run.detector, target, run.train["compression"], metric), block[metric], run)
+    columns = [(t, c, m) for t in LEAVE_ONE_OUT for c in _compressions(cells, at=2) for m in ("acc", "auc")]
+    table = Table("Table III — leave-one-out (FF++)",
+                  "trained on three FF++ methods and tested on the fourth, Deepfakes or Face2Face",
+                  ["Detector"] + [f"GID-{_short(t)} {c} {_metric(m)}" for t, c, m in columns])
+    if cells.values:
+        table.rows = [[name] + [cells.get((detector, *column)) for column in columns]
+                      for detector, name in DETECTORS.items()]
+    return table, cells.used()
+
+
+def cross_dataset_cells(runs: Sequence[Run], level: str, notes: list[str], table: str,
+                        datasets: Sequence[str]) -> Cells:
+    """AUC by (detector, train compression, test dataset) of models trained on all of FF++.
+
+    The test dataset "ffpp" means the in-dataset run: the same methods and compression.
+    """
+    cells = Cells(table, notes)
+    for run in runs:
+        dataset = run.test["dataset"]
+        if _full_ffpp(run) and dataset in datasets and (dataset != "ffpp" or _in_dataset(run)):
+            cells.put((run.detector, run.train["compression"], dataset), run.metrics[level]["auc"], run)
+    return cells
+
+
+def cross_dataset(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:
+    """Table IV: trained on FF++, AUC on FF++ itself, Celeb-DF-v2 and DFD."""
+    datasets = ["ffpp", *CROSS_DATASETS]
+    cells = cross_dataset_cells(runs, level, notes, "Table IV", datasets)
+    table = Table("Table IV — cross-dataset AUC (trained on FF++)",
+                  "trained on all of FF++ and tested on Celeb-DF-v2 or DFD",
+                  ["Detector", "Train comp", "FF++", *CROSS_DATASETS.values()])
+    # FF++ alone would only repeat Table I.
+    if not any(key[2] in CROSS_DATASETS for key in cells.values):
+        return table, set()
+    for detector, comp in cells.keys(2):
+        table.rows.append([DETECTORS[detector], comp, *(cells.get((detector, comp, d)) for d in datasets)])
+    return table, cells.used()
+
+
+def ablation(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:
+    """Table V: LRErr against the plain Xception baseline, on the cross-dataset AUCs."""
+    cells = cross_dataset_cells(runs, level, notes, "Table V", list(CROSS_DATASETS))
+    table = Table("Table V — ablation: LRErr vs the Xception baseline (AUC, trained on FF++)",
+                  "of both LRErr and Xception, trained on all of FF++ and tested on Celeb-DF-v2 or DFD",
+                  ["Detector", "Train comp", *CROSS_DATASETS.values()])
+    used: set[Path] = set()
+    for comp in sorted({key[1] for key in cells.values}, key=str):
+        lrerr, base = ([cells.get((detector, comp, dataset)) for dataset in CROSS_DATASETS]
+                       for detector in ("lrerr", "xception"))
+        if all(v is None for v in lrerr) or all(v is None for v in base):
+            continue
+        gain = [None if r is None or x is None else f"{100 * (r - x):+.2f}" for r, x in zip(lrerr, base)]
+        table.rows += [["Xception", comp, *base], ["LRErr", comp, *lrerr], ["LRErr − Xception", comp, *gain]]
+        used |= {path for key, path in cells.sources.items() if key[1] == comp}
+    return table, used
+
+
+BUILDERS = {
+    "in-dataset": in_dataset,
+    "cross-manipulation": cross_manipulation,
+    "leave-one-out": leave_one_out,
+    "cross-dataset": cross_dataset,
+    "ablation": ablation,
+}
+
+
+def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], list[str]]:
+    """The tables some run fills, by file key, and notes on what was left out and why."""
+    if level not in LEVELS:
+        raise LrerrError(f"level must be one of {', '.join(LEVELS)}, got {level}")
+    notes: list[str] = []
+    tested = []
+    for run in runs:
+        if run.test["split"] == "test":
+            tested.append(run)
+        else:
+            notes.append(f"{run.path}: scored on the {run.test['split']} split; the tables use test scores")
+    tables, used = {}, set()
+    for key, build in BUILDERS.items():
+        table, paths = build(tested, level, notes)
+        used |= paths
+        if table.rows:
+            tables[key] = table
+        else:
+            notes.append(f"{table.title}: left out — it needs score directories {table.needs}")
+    notes += [f"{run.path}: in no table ({run.describe()})" for run in tested if run.path not in used]
+    return tables, notes
+
+
+def render_markdown(tables: Sequence[Table], notes: Sequence[str], runs: Sequence[Run], level: str) -> str:
+    lines = [
+        "# LRErr evaluation report", "",
+        f"{level.capitalize()}-level AUC and Acc in %. Acc counts prob ≥ the threshold in each "
+        "metrics.json as fake; per-method cells score that method's fakes against all reals. "
+        "— marks a cell no score directory fills.", "",
+    ]
+    for table in tables:
+        lines += [f"## {table.title}", "", _md_row(table.header), _md_row(["---"] * len(table.header))]
+        lines += [_md_row([_format(cell, "—") for cell in row]) for row in table.rows]
+        lines.append("")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    lines += ["## Score directories", ""] + [f"- `{run.path}`: {run.describe()}" for run in runs]
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(table.header)
+    writer.writerows([_format(cell, "") for cell in row] for row in table.rows)
+    return buffer.getvalue()
+
+
+def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str = "frame") -> list[Path]:
+    """Write the Markdown report to `out` and each table as `<out stem>.<table>.csv` beside it."""
+    if not score_dirs:
+        raise LrerrError("no score directories given")
+    out = Path(out)
+    runs = [load_run(d) for d in score_dirs]
+    tables, notes = build_tables(runs, level)
+    atomic_write_bytes(out, render_markdown(list(tables.values()), notes, runs, level).encode())
+    written = [out]
+    for key in BUILDERS:
+        path = out.with_name(f"{out.stem}.{key}.csv")
+        if key in tables:
+            atomic_write_bytes(path, table_csv(tables[key]).encode())
+            written.append(path)
+        else:
+            # Left from an earlier report, it would pass for part of this one.
+            path.unlink(missing_ok=True)
+    return written
+
+
+def _full_ffpp(run: Run) -> bool:
+    return run.train["dataset"] == "ffpp" and set(FFPP_METHODS) <= set(run.train["methods"])
+
+
+def _in_dataset(run: Run) -> bool:
+    return _full_ffpp(run) and _same_ffpp(run) and set(run.test["methods"]) == set(run.train["methods"])
+
+
+def _same_ffpp(run: Run) -> bool:
+    train, test = run.train, run.test
+    return train["dataset"] == test["dataset"] == "ffpp" and train["compression"] == test["compression"]
+
+
+def _compressions(cells: Cells, at: int) -> list[str]:
+    """The paper's c23 and c40 columns, then any other compression a run used (key field `at`)."""
+    seen = {key[at] for key in cells.values}
+    return list(PAPER_COMPRESSIONS) + sorted(c for c in seen - set(PAPER_COMPRESSIONS) if c)
+
+
+def _ordered(methods: set[str]) -> list[str]:
+    """FF++ methods in the paper's order, then any others by name."""
+    return [m for m in FFPP_METHODS if m in methods] + sorted(methods - set(FFPP_METHODS))
+
+
+def _row_order(key: tuple) -> tuple:
+    """Rows go by train method (paper order) or compression, LRErr before Xception."""
+    detector, *rest = key
+    ranks = [(FFPP_METHODS.index(v), "") if v in FFPP_METHODS else (len(FFPP_METHODS), v or "") for v in rest]
+    return (*ranks, list(DETECTORS).index(detector))
+
+
+def _metric(name: str) -> str:
+    return {"acc": "Acc", "auc": "AUC"}[name]
+
+
+def _short(method: str) -> str:
+    return SHORT_METHODS.get(method, method)
+
+
+def _methods(methods: Sequence[str]) -> str:
+    return "[" + ", ".join(_short(m) for m in methods) + "]"
+
+
+def _data(side: dict) -> str:
+    """"ffpp c23 [DF, F2F]": a run block's dataset, compression and methods."""
+    return " ".join(filter(None, [side["dataset"], side["compression"], _methods(side["methods"])]))
+
+
+def _format(cell: str | float | None, missing: str) -> str:
+    if cell is None:
+        return missing
+    return cell if isinstance(cell, str) else f"{100 * cell:.2f}"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

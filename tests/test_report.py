@@ -1,0 +1,137 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lrerr_tools.cli import app
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.metrics import compute_metrics
+from lrerr_tools.report import write_report
+
+FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+
+
+def block(acc, auc):
+    return {"n": 10, "n_real": 5, "n_fake": 5, "acc": acc, "auc": auc, "ap": auc, "eer": 0.1}
+
+
+def score_dir(root, name, detector, train_methods, test, acc=0.5, auc=0.5, per_method=None,
+              comp="c23", split="test"):
+    """A score directory whose frame-level metrics are `acc`/`auc`; video-level ones are 0."""
+    per_method = per_method or {}
+    metrics = {
+        "run": {"train": {"dataset": "ffpp", "methods": train_methods, "compression": comp,
+                          "method": detector},
+                "test": {"dataset": test, "split": split, "compression": comp if test != "celebdf" else None,
+                         "methods": list(per_method) or ["Deepfakes"]}},
+        "threshold": 0.5, "frame": block(acc, auc), "video": block(0.0, 0.0),
+        "per_method": {m: {"frame": block(*v), "video": block(0.0, 0.0)} for m, v in per_method.items()},
+        "notes": [],
+    }
+    path = root / name
+    path.mkdir()
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    root = tmp_path / "scores"
+    root.mkdir()
+    return {
+        "in23": score_dir(root, "in23", "lrerr", FFPP, "ffpp", 0.9178, 0.974, {m: (0.9, 0.97) for m in FFPP}),
+        "in40": score_dir(root, "in40", "xception", FFPP, "ffpp", 0.8, 0.85, {m: (0.8, 0.85) for m in FFPP},
+                          comp="c40"),
+        "df": score_dir(root, "df", "lrerr", ["Deepfakes"], "ffpp", per_method={
+            "Deepfakes": (0.9, 0.9985), "Face2Face": (0.6, 0.70), "FaceSwap": (0.5, 0.4138),
+            "NeuralTextures": (0.6, 0.7142)}),
+        "fs_partial": score_dir(root, "fs", "xception", ["FaceSwap"], "ffpp",
+                                per_method={"FaceSwap": (0.9, 0.99)}),
+        "gid_df": score_dir(root, "gid", "lrerr", FFPP[1:], "ffpp",
+                            per_method={"Deepfakes": (0.7928, 0.879)}),
+        "celeb": score_dir(root, "celeb", "lrerr", FFPP, "celebdf", auc=0.7747),
+        "dfd": score_dir(root, "dfd", "lrerr", FFPP, "dfd", auc=0.9523),
+        "celeb_base": score_dir(root, "celeb_base", "xception", FFPP, "celebdf", auc=0.70),
+        "val": score_dir(root, "val", "lrerr", FFPP, "ffpp", split="val"),
+    }
+
+
+def test_tables_hold_the_expected_cells(dirs, tmp_path):
+    out = tmp_path / "report" / "paper.md"
+    written = write_report(list(dirs.values()), out)
+    text = out.read_text()
+    expected = [
+        "| Detector | c23 Acc | c23 AUC | c40 Acc | c40 AUC |",
+        "| LRErr | 91.78 | 97.40 | — | — |",
+        "| Xception | — | — | 80.00 | 85.00 |",
+        "| Detector | Train | Comp | DF | F2F | FS | NT | Avg |",
+        "| LRErr | DF | c23 | 99.85 | 70.00 | 41.38 | 71.42 | 70.66 |",
+        "| Xception | FS | c23 | — | — | 99.00 | — | — |",
+        "| LRErr | 79.28 | 87.90 | — | — | — | — | — | — |",
+        "| Detector | Train comp | FF++ | Celeb-DF-v2 | DFD |",
+        "| LRErr | c23 | 97.40 | 77.47 | 95.23 |",
+        "| Xception | c23 | — | 70.00 | — |",
+        "| Xception | c40 | 85.00 | — | — |",
+        "| LRErr − Xception | c23 | +7.47 | — |",
+        f"- {dirs['val']}: scored on the val split; the tables use test scores",
+    ]
+    for line in expected:
+        assert line in text
+    assert "GID-DF c23 Acc | GID-DF c23 AUC | GID-DF c40 Acc" in text
+    assert "Notes" in text and "left out" not in text
+    names = sorted(p.name for p in written)
+    assert names == ["paper.ablation.csv", "paper.cross-dataset.csv", "paper.cross-manipulation.csv",
+                     "paper.in-dataset.csv", "paper.leave-one-out.csv", "paper.md"]
+    assert (out.parent / "paper.in-dataset.csv").read_text().splitlines() == [
+        "Detector,c23 Acc,c23 AUC,c40 Acc,c40 AUC", "LRErr,91.78,97.40,,", "Xception,,,80.00,85.00"]
+
+
+def test_video_level_uses_the_video_blocks(dirs, tmp_path):
+    write_report([dirs["in23"]], tmp_path / "r.md", level="video")
+    assert "| LRErr | 0.00 | 0.00 | — | — |" in (tmp_path / "r.md").read_text()
+    with pytest.raises(LrerrError, match="level must be one of frame, video"):
+        write_report([dirs["in23"]], tmp_path / "r.md", level="clip")
+
+
+def test_unmatched_tables_are_left_out_with_a_note(dirs, tmp_path):
+    out = tmp_path / "r.md"
+    write_report(list(dirs.values()), out)
+    write_report([dirs["in23"], dirs["in23"]], out)
+    text = out.read_text()
+    assert "Table I — in-dataset" in text and "## Table II" not in text
+    assert "Table V — ablation: LRErr vs the Xception baseline (AUC, trained on FF++): left out" in text
+    assert f"fills the same cell ('lrerr', 'c23', 'acc') as {dirs['in23']}" in text
+    assert sorted(p.name for p in tmp_path.glob("r.*")) == ["r.in-dataset.csv", "r.md"]  # stale CSVs gone
+
+
+def test_a_run_in_no_table_is_named(tmp_path):
+    celeb_to_ffpp = score_dir(tmp_path, "odd", "lrerr", ["Deepfakes", "FaceSwap"], "celebdf")
+    write_report([celeb_to_ffpp], tmp_path / "r.md")
+    assert f"{celeb_to_ffpp}: in no table (LRErr, trained on ffpp c23 [DF, FS], tested on celebdf [DF]" \
+        in (tmp_path / "r.md").read_text()
+
+
+def test_real_metrics_output_is_accepted(tmp_path):
+    metrics = compute_metrics([dict(video_id="youtube/0", method="youtube", label=0, prob=0.2),
+                               dict(video_id="Deepfakes/0", method="Deepfakes", label=1, prob=0.9)])
+    side = {"dataset": "ffpp", "compression": "c23", "methods": ["Deepfakes"]}
+    metrics["run"] = {"train": {**side, "method": "xception"}, "test": {**side, "split": "test"}}
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "metrics.json").write_text(json.dumps(metrics))
+    write_report([tmp_path / "s"], tmp_path / "r.md")
+    assert "| Xception | DF | c23 | 100.00 | 100.00 |" in (tmp_path / "r.md").read_text()
+
+
+def test_cli_reports_and_rejects_bad_dirs(dirs, tmp_path):
+    runner = CliRunner()
+    out = ["--out", str(tmp_path / "r.md")]
+    result = runner.invoke(app, ["report", str(dirs["in23"]), str(dirs["df"]), *out])
+    assert result.exit_code == 0, result.output
+    assert "r.cross-manipulation.csv" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path), *out])
+    assert result.exit_code == 2 and "no metrics.json" in result.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text(json.dumps({"run": {}}))
+    result = runner.invoke(app, ["report", str(bad), *out])
+    assert result.exit_code == 2 and "metrics.json: invalid metrics at top level" in result.output
