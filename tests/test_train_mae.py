@@ -1,0 +1,264 @@
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_shard import shared_extract_dir, shared_landmarks_dir, shared_png_shards
+from typer.testing import CliRunner
+
+import lrerr_tools.mae.train as train_module
+from lrerr_tools.atomic_io import sha256_file
+from lrerr_tools.cli import app
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.mae.checkpoint import load_mae
+from lrerr_tools.mae.model import MaskedAutoencoder
+from lrerr_tools.manifest import read_manifest
+from lrerr_tools.shard import ShardConfig
+from lrerr_tools.shard import run as run_shard
+from lrerr_tools.training import load_checkpoint
+from lrerr_tools.verify import verify
+
+# 8 real train faces, 8 real + 14 fake val faces: batches of 4 give 2 steps an epoch. AdamW
+# with warm-up, so that a resume must restore the scheduler too.
+TINY = dict(preset="tiny", epochs=2, batch_size=4, workers=0, device="cpu", lr=1e-3, optimizer="adamw",
+            warmup_epochs=1)
+LOSS_COLUMNS = ["epoch", "step", "train_loss", "val_real_loss", "val_fake_loss", "val_real_key_error",
+                "val_fake_key_error", "key_auc", "lr"]
+
+
+@pytest.fixture(scope="module")
+def shards(ffpp_root, tmp_path_factory):
+    return shared_png_shards(ffpp_root, tmp_path_factory)
+
+
+def config(shards, out, **overrides):
+    return train_module.MaeTrainConfig(shard_dir=str(shards), out=str(out), **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished(shards, tmp_path_factory):
+    """A complete 2-epoch run; tests only read it (or copy it)."""
+    out = tmp_path_factory.mktemp("mae") / "run"
+    train_module.run(config(shards, out))
+    return out
+
+
+def stop_before_epoch(monkeypatch, epoch):
+    """Make the run die (as if killed) when it starts epoch `epoch` (1-based)."""
+    real = train_module._Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch + 1 == epoch:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(train_module._Trainer, "train_epoch", train_epoch)
+
+
+@pytest.fixture(scope="module")
+def unfinished(shards, tmp_path_factory):
+    """A run killed after its first of 2 epochs; tests only read it."""
+    out = tmp_path_factory.mktemp("mae-unfinished") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        stop_before_epoch(mp, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_module.run(config(shards, out))
+    return out
+
+
+def read_log(path):
+    with open(path / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_manifest_log_checkpoints_and_grids(finished, shards):
+    manifest = read_manifest(finished)
+    assert manifest.stage == "train-mae" and manifest.complete
+    assert manifest.parent["sha256"] == sha256_file(shards / "manifest.json")
+    assert manifest.counts == {"epochs": 2, "steps": 4, "train_images": 8, "val_real": 8, "val_fake": 14}
+    assert manifest.extra["masking"] == {"mask_ratio": 0.75, "key_mask_ratio": 0.9, "key_region": "dataset"}
+    assert manifest.extra["key_patches"] == read_manifest(shards).extra["key_region"]["patches"]
+    records = [json.loads(line) for line in (finished / "records.jsonl").read_text().splitlines()]
+    log = read_log(finished)
+    assert [r["epoch"] for r in records] == [1, 2] and [r["epoch"] for r in log] == ["1", "2"]
+    for record, row in zip(records, log):
+        assert record["val_real_loss"] > 0 and record["val_fake_key_error"] > 0
+        assert 0 <= record["key_auc"] <= 1  # both classes in val: the AUC is defined
+        assert float(row["train_loss"]) == record["train_loss"]
+    assert manifest.extra["best"]["metric"] == "val_real_loss"
+    assert sorted(p.name for p in (finished / "grids").iterdir()) == ["epoch-001.png", "epoch-002.png"]
+    last = load_checkpoint(finished / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and "optimizer" in last and last["extra"]["history"] == records
+    assert verify(finished) == []
+
+
+def test_load_mae_gives_a_frozen_model_and_what_to_record(finished):
+    model, info = load_mae(finished)
+    manifest = read_manifest(finished)
+    assert info.sha256 == sha256_file(finished / "manifest.json")
+    assert info.as_parent() == {"path": str(finished.resolve()), "sha256": info.sha256}
+    assert info.epoch == manifest.extra["best"]["epoch"]
+    assert info.masking.mask_ratio == 0.75 and info.key_patches == manifest.extra["key_patches"]
+    assert info.config["preset"] == "tiny" and info.model_config["embed_dim"] == 96
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    best = load_checkpoint(finished / "checkpoints" / "best.pt")
+    assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
+    images, mask = torch.zeros(1, 3, 224, 224), torch.zeros(1, 196, dtype=torch.bool)
+    mask[0, :147] = True
+    assert model.reconstruct(images, mask).shape == (1, 3, 224, 224)
+
+
+def test_load_mae_refuses_an_unfinished_or_missing_run(unfinished, tmp_path):
+    with pytest.raises(LrerrError, match="has not completed"):
+        load_mae(unfinished)
+    with pytest.raises(LrerrError, match="not found — run `lrerr-tools train-mae` first"):
+        load_mae(tmp_path / "nothing")
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(finished, unfinished, shards, tmp_path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(unfinished, resumed)
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["epoch"] == 1
+    train_module.run(config(shards, resumed, resume=True))
+    a = load_checkpoint(finished / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["scheduler"] == b["scheduler"] and a["step"] == b["step"] == 4
+    rows = [[{k: r[k] for k in LOSS_COLUMNS} for r in read_log(run)] for run in (finished, resumed)]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+
+
+def test_a_finished_run_is_kept_and_another_config_refused(finished, shards, tmp_path):
+    before = (finished / "manifest.json").read_bytes()
+    manifest = train_module.run(config(shards, finished, workers=2))  # a run option: same run
+    assert manifest.complete and (finished / "manifest.json").read_bytes() == before
+    with pytest.raises(LrerrError, match=r"holds a train-mae run made with another config \(differs in lr\) "
+                                         "— pass --overwrite"):
+        train_module.run(config(shards, finished, lr=5e-4))
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    manifest = train_module.run(config(shards, copy, lr=5e-4, epochs=1, warmup_epochs=0, overwrite=True))
+    assert manifest.config["lr"] == 5e-4 and manifest.counts["epochs"] == 1
+    assert [p.name for p in (copy / "grids").iterdir()] == ["epoch-001.png"]  # the old run is gone
+
+
+def test_resume_refuses_another_config_or_other_shards(unfinished, shards, landmarks_dir, tmp_path):
+    with pytest.raises(LrerrError, match=r"cannot --resume: .*last.pt was trained with another config "
+                                         r"\(differs in mask_ratio\)"):
+        train_module.run(config(shards, unfinished, mask_ratio=0.5, resume=True))
+    other = tmp_path / "other-shards"
+    run_shard(ShardConfig(landmarks=str(landmarks_dir), out=str(other), shard_size=50))
+    with pytest.raises(LrerrError, match=r"cannot --resume: .* trained with other input"):
+        train_module.run(config(other, unfinished, resume=True))
+    with pytest.raises(LrerrError, match=r"holds an unfinished run \(1 epochs done\) — pass --resume"):
+        train_module.run(config(shards, unfinished))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(LrerrError, match="not empty and holds no train-mae checkpoint"):
+        train_module.run(config(shards, foreign))
+
+
+def test_overwrite_never_clears_another_stage(shards, tmp_path):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)  # should the guard fail, the shared shards survive
+    before = sorted(p.name for p in copy.iterdir())
+    with pytest.raises(LrerrError, match="holds a 'shard' stage, not a train-mae run"):
+        train_module.run(config(copy, copy, overwrite=True))
+    assert sorted(p.name for p in copy.iterdir()) == before
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, monkeypatch):
+    real_forward = MaskedAutoencoder.forward
+    calls = {"train": 0}
+
+    def forward(self, images, mask):
+        pred, loss = real_forward(self, images, mask)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] > 2:  # epoch 1 (2 steps) is fine, epoch 2 diverges
+                loss = loss * float("nan")
+        return pred, loss
+
+    monkeypatch.setattr(MaskedAutoencoder, "forward", forward)
+    out = tmp_path / "run"
+    with pytest.raises(LrerrError, match=r"loss became nan at epoch 2, step 3: .*last.pt, is kept"):
+        train_module.run(config(shards, out))
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] == 1
+    weights = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert not read_manifest(out).complete and len(read_log(out)) == 1
+
+
+@pytest.fixture
+def landmarks_dir(ffpp_root, tmp_path_factory):
+    return shared_landmarks_dir(ffpp_root, tmp_path_factory)
+
+
+def shards_without(ffpp_root, tmp_path_factory, tmp_path, drop):
+    from test_shard import make_landmarks_dir
+
+    extract = shared_extract_dir(ffpp_root, tmp_path_factory)
+    landmarks = make_landmarks_dir(extract, tmp_path / "lm", lambda r: "no_landmarks" if drop(r) else "ok")
+    run_shard(ShardConfig(landmarks=str(landmarks), out=str(tmp_path / "shards"), shard_size=100))
+    return tmp_path / "shards"
+
+
+def test_no_real_train_faces_is_a_clear_error(ffpp_root, tmp_path_factory, tmp_path):
+    shards = shards_without(ffpp_root, tmp_path_factory, tmp_path,
+                            lambda r: r["split"] == "train" and r["label"] == 0)
+    with pytest.raises(LrerrError, match="no real faces in the train split — train-mae learns from real"):
+        train_module.run(config(shards, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_val_faces_best_follows_the_train_loss(ffpp_root, tmp_path_factory, tmp_path, caplog):
+    shards = shards_without(ffpp_root, tmp_path_factory, tmp_path, lambda r: r["split"] == "val")
+    with caplog.at_level("INFO"):
+        manifest = train_module.run(config(shards, tmp_path / "run", epochs=1, warmup_epochs=0))
+    assert "no val faces" in caplog.text
+    assert manifest.extra["best"]["metric"] == "train_loss"
+    assert manifest.extra["last"]["key_auc"] is None and manifest.extra["last"]["val_real_loss"] is None
+    assert read_log(tmp_path / "run")[0]["key_auc"] == ""
+    assert (tmp_path / "run" / "grids" / "epoch-001.png").is_file()  # grids of train reals instead
+
+
+def test_cli(shards, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["train-mae", str(shards), "--out", str(out), "--preset", "tiny", "--epochs", "1",
+            "--batch-size", "4", "--max-steps", "1", "--workers", "0", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "train-mae complete" in result.output and "key-region error, last epoch: real" in result.output
+    assert "grids/epoch-001.png" in result.output
+    assert read_manifest(out).counts["steps"] == 1
+    result = runner.invoke(app, [*args, "--preset", "huge"])
+    assert result.exit_code == 2
+    assert "error: --preset must be one of base, small, tiny (got 'huge')" in result.output
+
+
+def test_ddp_with_two_gloo_processes(shards, tmp_path):
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lrerr_tools", "train-mae",
+         str(shards), "--out", str(out), "--preset", "tiny", "--epochs", "1", "--batch-size", "4",
+         "--max-steps", "2", "--workers", "0", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("train-mae complete") == 1  # only rank 0 reports
+    manifest = read_manifest(out)
+    assert manifest.complete and manifest.extra["world_size"] == 2
+    assert manifest.counts["steps"] == 2  # 8 faces, 2 per process per step: 2 steps cover the epoch
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
