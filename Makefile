@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_shards.py
+	$(PY) benchmarks/bench_train.py mae
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

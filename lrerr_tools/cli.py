@@ -226,6 +226,82 @@ def train_mae(
     typer.echo(f"reconstructions: {out / GRIDS}/epoch-{manifest.counts['epochs']:03d}.png")
 
 
+@app.command("train-det")
+@user_errors
+def train_det(
+    shard_dir: Annotated[Path, typer.Argument(help="The shard directory (output of `lrerr-tools shard`).")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, log.csv, manifest.")],
+    mae: Annotated[Path | None, typer.Option(
+        help="The train-mae run whose reconstructions make the attention maps (--method lrerr).")] = None,
+    method: Annotated[str, typer.Option(
+        help="lrerr (attention from MAE reconstructions) or xception (the baseline, no MAE).")] = "lrerr",
+    backbone: Annotated[str, typer.Option(help="timm model of both the detector and the frozen "
+                                               "feature extractor.")] = "legacy_xception",
+    attn_layers: Annotated[list[str] | None, typer.Option(
+        help="Backbone layers scaled by the attention maps, comma-separated (default: "
+             "block1,block2,block3).")] = None,
+    pretrained: Annotated[bool, typer.Option(
+        help="Start from timm's pretrained weights in the local cache (never downloaded).")] = True,
+    weights: Annotated[Path | None, typer.Option(help="Start from this local weights file instead.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs (the paper: 30).")] = 30,
+    iters_per_epoch: Annotated[int, typer.Option(help="Steps per epoch (the paper: 200).")] = 200,
+    batch_size: Annotated[int, typer.Option(
+        help="Global batch, half real and half fake on average, split across torchrun processes.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (the paper: 1e-4).")] = 1e-4,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bfloat16 where supported).")] = True,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 4,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, batches and masks.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in --out.")] = False,
+) -> None:
+    """Train LRErr's detector (paper §III.C), or with --method xception the plain baseline.
+
+    Multi-GPU: torchrun --nproc_per_node N -m lrerr_tools train-det ...
+    """
+    from lrerr_tools.attention import XCEPTION_LAYERS
+    from lrerr_tools.detector.train import DetTrainConfig, run
+    from lrerr_tools.training import is_main_process
+
+    manifest = run(DetTrainConfig(
+        shard_dir=str(shard_dir), out=str(out), mae=str(mae) if mae else None, method=method,
+        backbone=backbone, attn_layers=split_commas(attn_layers) or list(XCEPTION_LAYERS),
+        pretrained=pretrained, weights=str(weights) if weights else None, epochs=epochs,
+        iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, device=device, amp=amp,
+        workers=workers, resume=resume, seed=seed, overwrite=overwrite))
+    if not is_main_process():
+        return
+    print_counts(f"train-det complete: {out}", manifest.counts)
+    best = manifest.extra["best"]
+    typer.echo(f"best epoch {best['epoch']} ({best['metric']} {best['value']:.4f}): "
+               f"{out / manifest.extra['checkpoints']['best']}")
+
+
+@app.command()
+@user_errors
+def score(
+    shard_dir: Annotated[Path, typer.Argument(help="The shard directory to score.")],
+    detector: Annotated[Path, typer.Option(help="A finished train-det run.")],
+    out: Annotated[Path, typer.Option(help="Output directory: metrics.json, CSVs, plots, manifest.")],
+    split: Annotated[str, typer.Option(help="Split to score: test, val, train or unassigned.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Faces per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 4,
+    overlays: Annotated[int, typer.Option(
+        help="Real and as many fake faces drawn with their attention maps in attention.png.")] = 4,
+    overwrite: Annotated[bool, typer.Option(
+        help="Discard an earlier score in --out made with another detector, data or config.")] = False,
+) -> None:
+    """Fake probability per frame and per video (mean of its frames), metrics, ROC and attention plots."""
+    from lrerr_tools.score import ScoreConfig, describe, run
+
+    manifest = run(ScoreConfig(shard_dir=str(shard_dir), detector=str(detector), out=str(out), split=split,
+                               batch_size=batch_size, device=device, workers=workers, overlays=overlays,
+                               overwrite=overwrite))
+    for line in describe(out, manifest):
+        typer.echo(line)
+
+
 @app.command()
 @user_errors
 def verify(

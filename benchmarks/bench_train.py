@@ -1,0 +1,277 @@
+"""Time training steps of the LRErr models.
+
+    python benchmarks/bench_train.py mae [--presets tiny,base] [--steps 5] [--batch 8]
+    python benchmarks/bench_train.py det [--mae-preset base] [--steps 3] [--cpu-batch 8]
+
+`mae`: one train-mae step (key-region masking at 0.75, forward, loss on the masked patches,
+backward, Adam) against the plain encoder's forward+backward (+ Adam on its weights) on all
+196 patches, i.e. what a step would cost without MAE's trick of encoding the visible patches
+only. Forward+backward and the Adam update are timed apart: Adam's cost grows with the
+parameter count, not the batch, and weighs heavily at the small batches a CPU can run. Data
+are random uint8 images with a fixed key region, so this is the model's cost, not the
+loader's. Each (device, preset) runs in its own process, so the peak memory is its own:
+peak RSS on the CPU (it includes ~0.4 GB for Python, torch and timm themselves; the "+MB"
+column is above the RSS measured just before the model was built), and
+`torch.cuda.max_memory_allocated` on a GPU. GPU runs use the trainer's precision (AMP:
+bfloat16 where supported).
+
+`det`: one train-det step and the scoring forward pass of LRErr against the plain Xception
+baseline, same batch and backbone (legacy_xception at 224), from random uint8 faces. LRErr
+adds the MAE reconstruction and the frozen extractor (run up to the last tapped layer) to
+both; the ratio columns say how much slower it is.
+
+A subcommand per model: add one with its own `add_parser` and bench function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import torch
+
+KEY_PATCHES = [r * 14 + c for r in range(4, 13) for c in range(3, 11)]  # 72 patches, like the demo's T
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _time_steps(phases, device: torch.device, warmup: int, steps: int) -> list[float]:
+    """Median seconds of each phase (callables run in turn, one step = all of them)."""
+    times = [[] for _ in phases]
+    for i in range(warmup + steps):
+        for phase, kept in zip(phases, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            phase()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                kept.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def mae_case(preset: str, mode: str, device_name: str, batch: int, warmup: int, steps: int) -> dict:
+    """One measurement, in a fresh process: `mode` is `mae` (a train-mae step) or `encoder`
+    (the encoder on all 196 patches, forward+backward)."""
+    from lrerr_tools.mae.masking import key_region_mask
+    from lrerr_tools.mae.model import MaskedAutoencoder
+    from lrerr_tools.normalization import to_mae_input
+    from lrerr_tools.training import amp_dtype, autocast, grad_scaler, seeded_generator
+
+    device = torch.device(device_name)
+    rss_before = _peak_rss_mb()
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(preset).to(device)
+    dtype = amp_dtype(device, amp=True)
+    scaler = grad_scaler(device, dtype)
+    images = to_mae_input(torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)).to(device)
+    key = torch.zeros(batch, 196, dtype=torch.bool)
+    key[:, KEY_PATCHES] = True
+    generator = seeded_generator(0)
+    nothing_hidden = torch.zeros(batch, 196, dtype=torch.bool, device=device)
+    if mode == "mae":
+        params = list(model.parameters())
+    else:
+        params = [p for n, p in model.named_parameters() if not n.startswith(("decoder", "mask_token"))]
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+
+    def forward_backward():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            if mode == "mae":
+                _, loss = model(images, key_region_mask(key, 0.75, 0.9, generator).to(device))
+            else:
+                loss = model.forward_encoder(images, nothing_hidden).float().pow(2).mean()
+        scaler.scale(loss).backward()
+
+    def update():
+        scaler.step(optimizer)
+        scaler.update()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    fwd_bwd, adam = _time_steps([forward_backward, update], device, warmup, steps)
+    result = {"preset": preset, "mode": mode, "device": device_name, "batch": batch, "steps": steps,
+              "fwd_bwd_s": fwd_bwd, "adam_s": adam, "images_per_s": batch / (fwd_bwd + adam)}
+    if device.type == "cuda":
+        result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["dtype"] = str(dtype)
+    else:
+        result["peak_mb"] = _peak_rss_mb()
+        result["added_mb"] = result["peak_mb"] - rss_before
+    return result
+
+
+def run_isolated(fn, *args) -> dict:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def bench_mae(args: argparse.Namespace) -> None:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        for preset in args.presets.split(","):
+            cpu_batch = args.tiny_batch if preset == "tiny" else args.cpu_batch
+            batch = args.gpu_batch if device == "cuda" else cpu_batch
+            steps = args.gpu_steps if device == "cuda" else args.steps
+            pair = {mode: run_isolated(mae_case, preset, mode, device, batch, args.warmup, steps)
+                    for mode in ("mae", "encoder")}
+            rows.append(pair)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, torch {torch.__version__}")
+    gpu = next((r["mae"]["gpu"] for r in rows if "gpu" in r["mae"]), None)
+    if gpu:
+        print(f"GPU: {gpu} ({next(r['mae']['dtype'] for r in rows if 'gpu' in r['mae'])} autocast)")
+    print("img/s: batch / (median forward+backward + median Adam time); 'fwd+bwd' and 'step' "
+          "ratios: MAE time / encoder-on-196-patches time")
+    print(f"{'device':<7}{'preset':<7}{'batch':>6}{'steps':>6}{'MAE img/s':>11}{'enc img/s':>11}"
+          f"{'fwd+bwd':>9}{'step':>7}{'MAE Adam s':>12}{'MAE peak MB':>14}{'enc peak MB':>14}")
+    for pair in rows:
+        mae, enc = pair["mae"], pair["encoder"]
+
+        def memory(r):
+            return f"{r['peak_mb']:.0f}" + (f" (+{r['added_mb']:.0f})" if "added_mb" in r else "")
+
+        step = (mae["fwd_bwd_s"] + mae["adam_s"]) / (enc["fwd_bwd_s"] + enc["adam_s"])
+        print(f"{mae['device']:<7}{mae['preset']:<7}{mae['batch']:>6}{mae['steps']:>6}"
+              f"{mae['images_per_s']:>11.1f}{enc['images_per_s']:>11.1f}"
+              f"{mae['fwd_bwd_s'] / enc['fwd_bwd_s']:>8.2f}x{step:>6.2f}x{mae['adam_s']:>12.3f}"
+              f"{memory(mae):>14}{memory(enc):>14}")
+
+
+def det_case(method: str, device_name: str, batch: int, warmup: int, steps: int, mae_preset: str) -> dict:
+    """One measurement, in a fresh process: a train-det step of `method` (lrerr or xception,
+    legacy_xception without pretrained weights) split into its input preparation (MAE
+    reconstruction and attention maps; nothing for xception) and the trainable step
+    (forward, BCE, backward, Adam), then the same preparation and forward in eval mode
+    without gradients, as `score` runs them."""
+    import torch.nn.functional as F
+
+    from lrerr_tools.attention import XCEPTION_LAYERS, make_backbone
+    from lrerr_tools.detector.model import Detector, prepare_inputs
+    from lrerr_tools.detector.reconstruction import Reconstructor
+    from lrerr_tools.mae.checkpoint import MaeInfo
+    from lrerr_tools.mae.masking import MaskingSettings
+    from lrerr_tools.mae.model import MaskedAutoencoder
+    from lrerr_tools.training import amp_dtype, autocast, backward_step, grad_scaler
+
+    device = torch.device(device_name)
+    rss_before = _peak_rss_mb()
+    torch.manual_seed(0)
+    backbone = make_backbone("legacy_xception", pretrained=False)
+    detector = Detector(backbone, XCEPTION_LAYERS, method).to(device)
+    reconstructor = None
+    if method == "lrerr":
+        mae = MaskedAutoencoder(mae_preset).to(device).eval().requires_grad_(False)
+        info = MaeInfo(path="", sha256="", config={}, model_config=mae.config, masking=MaskingSettings(),
+                       key_patches=KEY_PATCHES, epoch=0)
+        reconstructor = Reconstructor(mae, info, seed=0)
+    data = {"image": torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8),
+            "key_mask": torch.zeros(batch, 196, dtype=torch.bool), "label": torch.arange(batch) % 2,
+            "video_id": [f"bench/{i:03d}" for i in range(batch)],
+            "frame_index": torch.zeros(batch, dtype=torch.long)}
+    labels = data["label"].float().to(device)
+    dtype = amp_dtype(device, amp=True)
+    scaler = grad_scaler(device, dtype)
+    optimizer = torch.optim.Adam(detector.backbone.parameters(), lr=1e-4)
+    state = {}
+
+    def prepare():
+        state["inputs"] = prepare_inputs(detector, reconstructor, data, device, dtype)
+
+    def train_step():
+        inputs = state["inputs"]
+        with autocast(device, dtype):
+            logits = detector(inputs.images, inputs.maps)
+        backward_step(F.binary_cross_entropy_with_logits(logits.float(), labels), optimizer, scaler)
+
+    def score_forward():
+        with torch.no_grad(), autocast(device, dtype):
+            detector(state["inputs"].images, state["inputs"].maps)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    detector.train()
+    prep_s, step_s = _time_steps([prepare, train_step], device, warmup, steps)
+    detector.eval()
+    score_prep_s, score_fwd_s = _time_steps([prepare, score_forward], device, warmup, steps)
+    result = {"method": method, "device": device_name, "batch": batch, "steps": steps, "mae": mae_preset,
+              "prep_s": prep_s, "step_s": step_s, "train_img_s": batch / (prep_s + step_s),
+              "score_img_s": batch / (score_prep_s + score_fwd_s)}
+    if device.type == "cuda":
+        result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["dtype"] = str(dtype)
+    else:
+        result["peak_mb"] = _peak_rss_mb()
+        result["added_mb"] = result["peak_mb"] - rss_before
+    return result
+
+
+def bench_det(args: argparse.Namespace) -> None:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    pairs = []
+    for device in devices:
+        batch = args.gpu_batch if device == "cuda" else args.cpu_batch
+        steps = args.gpu_steps if device == "cuda" else args.steps
+        pairs.append({method: run_isolated(det_case, method, device, batch, args.warmup, steps,
+                                           args.mae_preset)
+                      for method in ("lrerr", "xception")})
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, torch {torch.__version__}")
+    gpu = next((p["lrerr"]["gpu"] for p in pairs if "gpu" in p["lrerr"]), None)
+    if gpu:
+        print(f"GPU: {gpu} ({next(p['lrerr']['dtype'] for p in pairs if 'gpu' in p['lrerr'])} autocast)")
+    print(f"legacy_xception at 224, LRErr maps at block1-3 from a {args.mae_preset} MAE; medians. 'prep': "
+          "MAE reconstruction + attention maps; 'step': forward+BCE+backward+Adam; 'score': prep + eval "
+          "forward. Ratios: xception img/s / lrerr img/s (how much slower LRErr is)")
+    print(f"{'device':<7}{'batch':>6}{'steps':>6}{'method':>9}{'prep s':>8}{'step s':>8}{'train img/s':>13}"
+          f"{'score img/s':>13}{'peak MB':>14}")
+    for pair in pairs:
+        for method in ("lrerr", "xception"):
+            r = pair[method]
+            memory = f"{r['peak_mb']:.0f}" + (f" (+{r['added_mb']:.0f})" if "added_mb" in r else "")
+            print(f"{r['device']:<7}{r['batch']:>6}{r['steps']:>6}{method:>9}{r['prep_s']:>8.3f}{r['step_s']:>8.3f}"
+                  f"{r['train_img_s']:>13.1f}{r['score_img_s']:>13.1f}{memory:>14}")
+        lrerr, base = pair["lrerr"], pair["xception"]
+        print(f"{'':<19}{'ratio':>9}{'':>16}{base['train_img_s'] / lrerr['train_img_s']:>12.2f}x"
+              f"{base['score_img_s'] / lrerr['score_img_s']:>12.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    models = parser.add_subparsers(dest="model", required=True)
+    mae = models.add_parser("mae", help="train-mae step vs the encoder on all patches")
+    mae.add_argument("--presets", default="tiny,base", help="comma-separated MAE presets")
+    mae.add_argument("--steps", type=int, default=5, help="timed steps on the CPU")
+    mae.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    mae.add_argument("--tiny-batch", type=int, default=32, help="CPU batch for the tiny preset")
+    mae.add_argument("--cpu-batch", type=int, default=8, help="CPU batch for the other presets")
+    mae.add_argument("--gpu-batch", type=int, default=64, help="batch on a GPU")
+    mae.add_argument("--gpu-steps", type=int, default=20, help="timed steps on a GPU")
+    mae.set_defaults(run=bench_mae)
+    det = models.add_parser("det", help="train-det step and scoring: LRErr vs the Xception baseline")
+    det.add_argument("--steps", type=int, default=3, help="timed steps on the CPU")
+    det.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    det.add_argument("--cpu-batch", type=int, default=8, help="batch on the CPU")
+    det.add_argument("--gpu-batch", type=int, default=32, help="batch on a GPU (the paper's)")
+    det.add_argument("--gpu-steps", type=int, default=20, help="timed steps on a GPU")
+    det.add_argument("--mae-preset", default="base", help="MAE size whose reconstructions LRErr uses")
+    det.set_defaults(run=bench_det)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The frozen MAE's part in the detector: hide each face's key region and reconstruct it.
+
+The mask hides all of the key region T (the MAE's own choice of T: dataset-wide or per
+face, as it was trained), then fills the MAE's mask ratio at random, through the same
+`key_region_mask` the MAE trained with. Its randomness is seeded per face, from (run seed,
+video_id, frame_index): a face gets the same reconstruction in every epoch, in validation
+and in `score`, whatever batch it lands in, so a score does not depend on --batch-size.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.mae.checkpoint import MaeInfo
+from lrerr_tools.mae.masking import key_masks_for, key_region_mask
+from lrerr_tools.mae.model import GRID, IMAGE_SIZE, MaskedAutoencoder
+from lrerr_tools.normalization import to_mae_input
+from lrerr_tools.shard_dataset import ShardDataset
+from lrerr_tools.training import seeded_generator
+
+MASK_STREAM = 1  # a seed part of the detector run's random streams (sampling uses 0)
+# All of T (the MAE trained hiding most of it, --key-mask-ratio): no original pixel of the
+# key region, where forgeries live, may leak into the reconstruction the detector compares with.
+KEY_MASK_RATIO = 1.0
+
+
+class Reconstructor:
+    """A frozen MAE with its own key region T and mask ratio; `reconstruct(batch)` on a shard batch."""
+
+    def __init__(self, model: MaskedAutoencoder, info: MaeInfo, seed: int):
+        self.model, self.info, self.seed = model, info, seed
+
+    def check(self, dataset: ShardDataset) -> None:
+        """Refuse shards the MAE cannot read: other image sizes or another patch grid."""
+        grid = (dataset.key_region or {}).get("grid")
+        if dataset.image_size != IMAGE_SIZE or grid != GRID:
+            raise LrerrError(f"{dataset.shard_dir}: faces of {dataset.image_size} px with a {grid}x{grid} "
+                             f"key patch grid; the MAE reconstructs {IMAGE_SIZE} px faces on {GRID}x{GRID}")
+
+    def masks(self, key_masks: torch.Tensor, video_ids: Sequence[str],
+              frame_indices: Sequence[int]) -> torch.Tensor:
+        """(B, 196) bool, True = hidden: each face's mask from its own seeded generator."""
+        masking = self.info.masking
+        key = key_masks_for(key_masks, self.info.key_patches, masking.key_region)
+        rows = [key_region_mask(key[i:i + 1], masking.mask_ratio, KEY_MASK_RATIO,
+                                seeded_generator(self.seed, MASK_STREAM, zlib.crc32(video_id.encode()),
+                                                 int(frame)))
+                for i, (video_id, frame) in enumerate(zip(video_ids, frame_indices))]
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def reconstruct(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """The MAE's reconstruction (visible patches + predicted masked ones) of a shard batch,
+        (B, 3, 224, 224) float in the MAE's (ImageNet) normalization."""
+        masks = self.masks(batch["key_mask"], batch["video_id"], batch["frame_index"]).to(device)
+        images = to_mae_input(batch["image"].to(device, non_blocking=True))
+        return self.model.reconstruct(images, masks)

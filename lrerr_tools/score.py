@@ -1,0 +1,185 @@
+"""Stage `score`: a trained detector's fake probability for every face of one split of a
+shard directory, and the paper's metrics on it.
+
+    OUT/manifest.json, records.jsonl   the stage header; one record per frame
+    OUT/metrics.json                   compute_metrics' output + the `run` block `report` reads
+                                       (schema: manifests/metrics.schema.json)
+    OUT/frames.csv                     video_id, method, label, frame_index, prob
+    OUT/videos.csv                     per video: the mean prob of its frames
+    OUT/roc.png                        frame- and video-level ROC curves
+    OUT/attention.png                  lrerr only: faces, reconstructions and attention maps
+    OUT/work/config.json               the config OUT was claimed with (see stage_dir.py)
+
+A frame's prob is sigmoid(logit); a video's is the mean over its frames, grouped by the
+full video_id ("Deepfakes/000_003" and "FaceSwap/000_003" are two videos). The manifest's
+parent is the shard directory; the detector run (and through it the MAE) is recorded by hash
+in config and extra. Rerunning with the same inputs finds the result there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import jsonschema
+import numpy as np
+
+from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json
+from lrerr_tools.detector.checkpoint import load_detector
+from lrerr_tools.detector.overlays import attention_figure, pick_faces
+from lrerr_tools.detector.predict import predict
+from lrerr_tools.detector.provenance import describe_split
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.mae.grid import write_grid
+from lrerr_tools.manifest import Manifest, open_parent, schema, write_stage
+from lrerr_tools.metrics import LEVELS, compute_metrics, roc_plot
+from lrerr_tools.report import DETECTORS, METRICS_FILE
+from lrerr_tools.shard_dataset import SPLITS, ShardDataset
+from lrerr_tools.stage_dir import existing_manifest, prepare_output
+from lrerr_tools.training import resolve_device
+
+log = logging.getLogger(__name__)
+
+STAGE = "score"
+FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE = "frames.csv", "videos.csv", "roc.png", "attention.png"
+OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE)
+FRAME_FIELDS = ["video_id", "method", "label", "frame_index", "prob"]
+VIDEO_FIELDS = ["video_id", "method", "label", "frames", "prob"]
+NO_ATTENTION = "none: the xception baseline has no attention maps"
+
+
+@dataclass
+class ScoreConfig:
+    shard_dir: str
+    detector: str
+    out: str
+    split: str = "test"
+    batch_size: int = 32
+    device: str = "auto"
+    workers: int = 4
+    overlays: int = 4
+    overwrite: bool = False
+    # How a run is carried out; changing these does not change its output (each face's
+    # reconstruction mask is its own, whatever batch it is in).
+    RUN_OPTIONS: ClassVar[tuple[str, ...]] = ("out", "batch_size", "device", "workers", "overwrite")
+
+    def identity(self, shards_sha256: str, detector_sha256: str) -> dict:
+        ident = {k: v for k, v in asdict(self).items() if k not in self.RUN_OPTIONS}
+        ident.update(shard_dir=str(Path(self.shard_dir).resolve()), shards_sha256=shards_sha256,
+                     detector=str(Path(self.detector).resolve()), detector_sha256=detector_sha256)
+        return ident
+
+    def check(self) -> None:
+        if self.split not in SPLITS:
+            raise LrerrError(f"--split must be one of {', '.join(SPLITS)} (got {self.split!r})")
+        if self.batch_size < 1:
+            raise LrerrError("--batch-size must be at least 1")
+        if self.workers < 0 or self.overlays < 0:
+            raise LrerrError("--workers and --overlays must be 0 or more")
+
+
+def video_rows(rows: list[dict]) -> list[dict]:
+    """One row per full video_id, in first-seen order: its frame count and mean prob."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["video_id"], []).append(row)
+    return [{"video_id": video_id, "method": frames[0]["method"], "label": frames[0]["label"],
+             "frames": len(frames), "prob": float(np.mean([r["prob"] for r in frames]))}
+            for video_id, frames in groups.items()]
+
+
+def _csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def run(cfg: ScoreConfig) -> Manifest:
+    """Score `cfg.split` of the shards with the detector; returns the stage's manifest."""
+    cfg.check()
+    device = resolve_device(cfg.device)
+    shards = open_parent(cfg.shard_dir, "shard")
+    detector_run = open_parent(cfg.detector, "train-det")
+    dataset = ShardDataset(shards.path, split=cfg.split)
+    if len(dataset) == 0:
+        raise LrerrError(f"{shards.path}: no faces in the {cfg.split} split — nothing to score")
+    out = Path(cfg.out)
+    identity = cfg.identity(shards.sha256, detector_run.sha256)
+    previous = None if cfg.overwrite else existing_manifest(out)
+    if previous is not None and previous.complete and (previous.stage, previous.config) == (STAGE, identity):
+        log.info("%s already holds this score, complete — nothing to do", out)
+        return previous
+    # Everything that can refuse the inputs comes before OUT is claimed.
+    test_data = {**describe_split(shards, cfg.split), "split": cfg.split}
+    detector, reconstructor, detector_run = load_detector(cfg.detector, device)
+    if reconstructor is not None:
+        reconstructor.check(dataset)
+    prepare_output(out, STAGE, identity, cfg.overwrite, OUTPUTS)
+    rows, _ = predict(detector, reconstructor, dataset, batch_size=cfg.batch_size, workers=cfg.workers,
+                      device=device, dtype=None, desc=f"score {cfg.split}")
+
+    extra = detector_run.manifest.extra
+    train_data = {**extra["train_data"], "method": detector.method}
+    metrics = {"run": {"train": train_data, "test": test_data}, **compute_metrics(rows)}
+    jsonschema.validate(metrics, schema("metrics"))  # what `report` will demand of it
+    atomic_write_json(out / METRICS_FILE, metrics)
+    videos = video_rows(rows)
+    atomic_write_bytes(out / FRAMES_CSV, _csv_bytes(rows, FRAME_FIELDS))
+    atomic_write_bytes(out / VIDEOS_CSV, _csv_bytes(videos, VIDEO_FIELDS))
+    title = f"{DETECTORS[detector.method]} on {test_data['dataset']} {cfg.split}"
+    roc_plot(rows, out / ROC_FILE, title=title)
+    attention = NO_ATTENTION
+    if reconstructor is not None and cfg.overlays:
+        picks = pick_faces(dataset.labels, cfg.overlays)
+        write_grid(out / ATTENTION_FILE, attention_figure(detector, reconstructor, dataset, picks,
+                                                          [rows[i]["prob"] for i in picks], device))
+        attention = ATTENTION_FILE
+    elif reconstructor is not None:
+        attention = "none: --overlays 0"
+
+    labels = np.array([r["label"] for r in rows])
+    video_labels = np.array([v["label"] for v in videos])
+    counts = {"frames": len(rows), "frames_real": int((labels == 0).sum()), "frames_fake": int(labels.sum()),
+              "videos": len(videos), "videos_real": int((video_labels == 0).sum()),
+              "videos_fake": int(video_labels.sum())}
+    summary = {level: {k: metrics[level][k] for k in ("auc", "acc", "ap", "eer")} for level in LEVELS}
+    manifest = Manifest(stage=STAGE, config=identity,
+                        parent=shards.as_parent(), counts=counts, complete=True,
+                        extra={"detector": detector_run.as_parent(), "method": detector.method,
+                               "mae": extra["mae"], "run": metrics["run"], "metrics": summary,
+                               "attention": attention})
+    return write_stage(out, manifest, ({**r, "split": cfg.split} for r in rows))
+
+
+def describe(out: str | Path, manifest: Manifest) -> list[str]:
+    """A score's headline numbers, compactly, for the terminal."""
+    out = Path(out)
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    run = metrics["run"]
+
+    def fmt(value):
+        return "  n/a " if value is None else f"{100 * value:6.2f}"
+
+    lines = [f"score complete: {out} ({run['train']['method']} on {run['test']['dataset']} "
+             f"{run['test']['split']})",
+             f"  {'level':<6}{'n':>6}{'real':>6}{'fake':>6}   {'AUC':>6} {'Acc':>6} {'AP':>6} {'EER':>6}"
+             "  (%)"]
+    for level in LEVELS:
+        b = metrics[level]
+        lines.append(f"  {level:<6}{b['n']:>6}{b['n_real']:>6}{b['n_fake']:>6}   "
+                     f"{fmt(b['auc'])} {fmt(b['acc'])} {fmt(b['ap'])} {fmt(b['eer'])}")
+    for method, blocks in metrics["per_method"].items():
+        lines.append(f"  {method}: AUC frame {fmt(blocks['frame']['auc']).strip()}, "
+                     f"video {fmt(blocks['video']['auc']).strip()}")
+    lines += [f"  note: {note}" for note in metrics["notes"]]
+    attention = manifest.extra["attention"]
+    lines += [f"roc:       {out / ROC_FILE}",
+              f"attention: {out / attention if attention == ATTENTION_FILE else attention}"]
+    return lines

@@ -1,0 +1,148 @@
+import csv
+import json
+
+import cv2
+import pytest
+import torch
+from jsonschema import validate
+from test_train_det import shared_detector
+from test_train_mae import shards_without
+from typer.testing import CliRunner
+
+from lrerr_tools.cli import app
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.manifest import read_manifest, schema
+from lrerr_tools.score import ScoreConfig, run
+from lrerr_tools.verify import verify
+
+# The shared shards' test split: 2 real videos (youtube/...), 2 Deepfakes and 2 FaceSwap
+# fakes made from the same pairs, so "Deepfakes/X" and "FaceSwap/X" share a bare id X.
+# 4 frames each, but 2 FaceSwap faces have no landmarks: 22 frames.
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scored(ffpp_root, tmp_path_factory):
+    """Both detectors scored on the test split, through the CLI."""
+    from test_shard import shared_png_shards
+
+    shards = shared_png_shards(ffpp_root, tmp_path_factory)
+    root = tmp_path_factory.mktemp("scores")
+    outputs = {}
+    for method in ("lrerr", "xception"):
+        detector = shared_detector(method, ffpp_root, tmp_path_factory)
+        out = root / method
+        result = CliRunner().invoke(app, ["score", str(shards), "--detector", str(detector),
+                                          "--out", str(out), "--batch-size", "8", "--device", "cpu",
+                                          "--workers", "0", "--overlays", "2"])
+        assert result.exit_code == 0, result.output
+        outputs[method] = (out, result.output)
+    return outputs
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method", ["lrerr", "xception"])
+def test_score_writes_metrics_csvs_and_plots(scored, method):
+    out, output = scored[method]
+    metrics = json.loads((out / "metrics.json").read_text())
+    validate(metrics, schema("metrics"))
+    data = {"dataset": "ffpp", "compression": "c23", "methods": ["Deepfakes", "FaceSwap"]}
+    assert metrics["run"] == {"train": {**data, "method": method}, "test": {**data, "split": "test"}}
+    assert (metrics["frame"]["n"], metrics["frame"]["n_real"], metrics["frame"]["n_fake"]) == (22, 8, 14)
+    assert (metrics["video"]["n"], metrics["video"]["n_real"], metrics["video"]["n_fake"]) == (6, 2, 4)
+    assert set(metrics["per_method"]) == {"Deepfakes", "FaceSwap"}
+
+    frames = read_csv(out / "frames.csv")
+    assert list(frames[0]) == ["video_id", "method", "label", "frame_index", "prob"] and len(frames) == 22
+    videos = read_csv(out / "videos.csv")
+    assert len(videos) == 6
+    by_video = {v["video_id"]: v for v in videos}
+    fakes = [v for v in by_video if by_video[v]["label"] == "1"]
+    bare = {v.split("/", 1)[1] for v in fakes}
+    assert len(bare) == 2 < len(fakes)  # the same bare ids under two methods stay two videos each
+    for video_id, video in by_video.items():
+        own = [float(f["prob"]) for f in frames if f["video_id"] == video_id]
+        assert int(video["frames"]) == len(own) and float(video["prob"]) == pytest.approx(sum(own) / len(own))
+    assert {by_video[v]["frames"] for v in by_video if v.startswith("FaceSwap/")} <= {"3", "4"}
+
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["prob"] for r in records] == [float(f["prob"]) for f in frames]
+    manifest = read_manifest(out)
+    assert manifest.stage == "score" and manifest.counts["frames"] == 22 and manifest.counts["videos"] == 6
+    assert verify(out) == []
+    assert cv2.imread(str(out / "roc.png")) is not None
+    assert "score complete" in output and "frame" in output and f"roc:       {out / 'roc.png'}" in output
+    if method == "lrerr":
+        image = cv2.imread(str(out / "attention.png"))
+        # 2 reals + 2 fakes; face, reconstruction and 2 layers' maps, 224 px each, 4 px apart
+        assert image.shape == (22 + 4 * 228 - 4, 4 * 228 - 4, 3)
+        assert f"attention: {out / 'attention.png'}" in output
+    else:
+        assert not (out / "attention.png").exists()
+        assert "attention: none: the xception baseline has no attention maps" in output
+
+
+def test_report_builds_on_the_scores(scored, tmp_path):
+    out = tmp_path / "report.md"
+    result = CliRunner().invoke(app, ["report", *(str(scored[m][0]) for m in ("lrerr", "xception")),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    # Trained on two FF++ methods of four: no paper table fits, and the report says so per run.
+    assert "LRErr, trained on ffpp c23 [DF, FS], tested on ffpp c23 [DF, FS] (test split)" in text
+    assert "Xception, trained on ffpp c23 [DF, FS]" in text
+
+
+def test_a_rerun_finds_the_score_and_another_detector_is_refused(scored, ffpp_root, tmp_path_factory):
+    from test_shard import shared_png_shards
+
+    shards = shared_png_shards(ffpp_root, tmp_path_factory)
+    out, _ = scored["lrerr"]
+    before = (out / "manifest.json").read_bytes()
+    config = dict(shard_dir=str(shards), out=str(out), device="cpu", workers=0, batch_size=3, overlays=2)
+    run(ScoreConfig(detector=str(shared_detector("lrerr", ffpp_root, tmp_path_factory)), **config))
+    assert (out / "manifest.json").read_bytes() == before
+    with pytest.raises(LrerrError, match=r"another config \(differs in detector, detector_sha256\)"):
+        run(ScoreConfig(detector=str(shared_detector("xception", ffpp_root, tmp_path_factory)), **config))
+
+
+def test_bad_input_is_a_clear_error(ffpp_root, tmp_path_factory, tmp_path):
+    from test_shard import shared_png_shards
+
+    shards = shared_png_shards(ffpp_root, tmp_path_factory)
+    detector = shared_detector("xception", ffpp_root, tmp_path_factory)
+    config = dict(shard_dir=str(shards), detector=str(detector), out=str(tmp_path / "out"), workers=0)
+    with pytest.raises(LrerrError, match="no faces in the unassigned split — nothing to score"):
+        run(ScoreConfig(split="unassigned", device="cpu", **config))
+    with pytest.raises(LrerrError, match="--split must be one of"):
+        run(ScoreConfig(split="dev", device="cpu", **config))
+    if not torch.cuda.is_available():
+        with pytest.raises(LrerrError, match="--device cuda: no CUDA device is available"):
+            run(ScoreConfig(device="cuda", **config))
+    with pytest.raises(LrerrError, match="is a 'shard' directory, expected the output of 'train-det'"):
+        run(ScoreConfig(**{**config, "detector": str(shards)}, device="cpu"))
+
+
+def test_a_split_with_one_class_scores_with_undefined_auc(ffpp_root, tmp_path_factory, tmp_path):
+    reals_only = shards_without(ffpp_root, tmp_path_factory, tmp_path,
+                                lambda r: r["split"] == "test" and r["label"] == 1)
+    detector = shared_detector("lrerr", ffpp_root, tmp_path_factory)
+    manifest = run(ScoreConfig(shard_dir=str(reals_only), detector=str(detector), out=str(tmp_path / "out"),
+                               device="cpu", workers=0, overlays=1))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["frame"]["auc"] is None and metrics["per_method"] == {}
+    assert metrics["run"]["test"]["methods"] == []
+    assert "frame: only real samples — AUC, AP and EER undefined" in metrics["notes"]
+    assert manifest.counts["frames_fake"] == 0
+    assert (tmp_path / "out" / "roc.png").is_file() and (tmp_path / "out" / "attention.png").is_file()

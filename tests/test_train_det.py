@@ -1,0 +1,300 @@
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from test_shard import built, shared_png_shards
+from typer.testing import CliRunner
+
+import lrerr_tools.detector.train as train_module
+from lrerr_tools.atomic_io import atomic_write_json, sha256_file
+from lrerr_tools.attention import AttentionInjector, FeatureTaps, local_difference_attention, make_backbone
+from lrerr_tools.cli import app
+from lrerr_tools.detector.checkpoint import load_detector
+from lrerr_tools.detector.reconstruction import Reconstructor
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.mae.train import MaeTrainConfig
+from lrerr_tools.mae.train import run as run_mae
+from lrerr_tools.manifest import read_manifest
+from lrerr_tools.normalization import mae_to, normalize_uint8
+from lrerr_tools.training import load_checkpoint
+from lrerr_tools.verify import verify
+
+# timm's 0.4M-parameter test_resnet stands in for Xception (20M) to keep CPU steps fast:
+# layer1 and layer2 give 56 and 28 px maps at 224. 22 train faces (8 real, 14 fake).
+LAYERS = ["layer1", "layer2"]
+TINY = dict(backbone="test_resnet", attn_layers=LAYERS, pretrained=False, epochs=1, iters_per_epoch=2,
+            batch_size=4, workers=0, device="cpu", lr=1e-3)
+
+
+def shared_mae(ffpp_root, tmp_path_factory):
+    """A tiny MAE, trained for one step: what the detector needs is its interface, not its skill."""
+    shards = shared_png_shards(ffpp_root, tmp_path_factory)
+
+    def make():
+        out = tmp_path_factory.mktemp("det-mae") / "mae"
+        run_mae(MaeTrainConfig(shard_dir=str(shards), out=str(out), preset="tiny", epochs=1, batch_size=4,
+                               max_steps=1, workers=0, device="cpu"))
+        return out
+
+    return built("tiny_mae", make)
+
+
+def config(shards, out, method="lrerr", mae=None, **overrides):
+    mae = str(mae) if mae and method == "lrerr" else None
+    return train_module.DetTrainConfig(shard_dir=str(shards), out=str(out), method=method, mae=mae,
+                                       **{**TINY, **overrides})
+
+
+def shared_detector(method, ffpp_root, tmp_path_factory):
+    """A finished 1-epoch detector run of `method`, shared by every module; tests only read it."""
+    shards = shared_png_shards(ffpp_root, tmp_path_factory)
+    mae = shared_mae(ffpp_root, tmp_path_factory)
+
+    def make():
+        out = tmp_path_factory.mktemp(f"det-{method}") / "run"
+        train_module.run(config(shards, out, method, mae))
+        return out
+
+    return built(f"detector_{method}", make)
+
+
+@pytest.fixture(scope="module")
+def shards(ffpp_root, tmp_path_factory):
+    return shared_png_shards(ffpp_root, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def mae(ffpp_root, tmp_path_factory):
+    return shared_mae(ffpp_root, tmp_path_factory)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two test processes with two threads each make CPU ops crawl on a 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_log(path):
+    with open(path / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_baseline_trains_without_an_mae(ffpp_root, tmp_path_factory, shards):
+    out = shared_detector("xception", ffpp_root, tmp_path_factory)
+    manifest = read_manifest(out)
+    assert manifest.stage == "train-det" and manifest.complete
+    assert manifest.parent["sha256"] == sha256_file(shards / "manifest.json")
+    assert manifest.counts == {"epochs": 1, "steps": 2, "train_real": 8, "train_fake": 14, "val_real": 8,
+                               "val_fake": 14}
+    assert manifest.extra["mae"] is None and manifest.extra["method"] == "xception"
+    assert manifest.extra["train_data"] == {"dataset": "ffpp", "compression": "c23",
+                                            "methods": ["Deepfakes", "FaceSwap"]}
+    assert manifest.extra["best"]["metric"] == "val_auc"
+    row = read_log(out)[0]
+    assert row["epoch"] == "1" and 0 <= float(row["val_auc"]) <= 1 and float(row["train_loss"]) > 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    detector, reconstructor, _ = load_detector(out, torch.device("cpu"))
+    assert reconstructor is None and detector.extractor is None
+    assert verify(out) == []
+
+
+def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_factory, shards, mae,
+                                                           tmp_path, monkeypatch):
+    runs = {m: shared_detector(m, ffpp_root, tmp_path_factory) for m in ("lrerr", "xception")}
+    lrerr, base = read_manifest(runs["lrerr"]), read_manifest(runs["xception"])
+    assert {k for k in lrerr.config if lrerr.config[k] != base.config[k]} == {"method", "mae", "out"}
+    assert lrerr.extra["mae"] == {"path": str(mae.resolve()), "sha256": sha256_file(mae / "manifest.json")}
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(runs["lrerr"] / "checkpoints" / name)["extra"]["mae"] == lrerr.extra["mae"]
+    # Same starting weights, same batches.
+    seen = {}
+    real_build, real_prepare = train_module._Trainer.build, train_module.prepare_inputs
+
+    def build(self, state):
+        real_build(self, state)
+        weights = {k: v.clone() for k, v in self.detector.backbone.state_dict().items()}
+        seen[self.cfg.method] = {"weights": weights, "batches": []}
+
+    def prepare_inputs(detector, reconstructor, batch, device, dtype):
+        seen[detector.method]["batches"].append(list(zip(batch["video_id"], batch["frame_index"].tolist())))
+        return real_prepare(detector, reconstructor, batch, device, dtype)
+
+    monkeypatch.setattr(train_module._Trainer, "build", build)
+    monkeypatch.setattr(train_module, "prepare_inputs", prepare_inputs)
+    for method in ("lrerr", "xception"):
+        train_module.run(config(shards, tmp_path / method, method, mae))
+    a, b = seen["lrerr"], seen["xception"]
+    assert a["batches"] == b["batches"] and len(a["batches"]) == 2
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+
+def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shards, mae, tmp_path,
+                                                                          monkeypatch):
+    seen = {"recon": [], "maps": [], "masks": []}
+    real_reconstruct, real_masks = Reconstructor.reconstruct, Reconstructor.masks
+    real_maps = AttentionInjector.maps
+
+    def reconstruct(self, batch, device):
+        recon = real_reconstruct(self, batch, device)
+        seen["recon"].append((batch, recon))
+        return recon
+
+    def maps(self, maps):
+        seen["maps"].append((self.layers, maps))
+        return real_maps(self, maps)
+
+    def masks(self, key_masks, video_ids, frame_indices):
+        result = real_masks(self, key_masks, video_ids, frame_indices)
+        seen["masks"].append((self.info, result))
+        return result
+
+    monkeypatch.setattr(Reconstructor, "reconstruct", reconstruct)
+    monkeypatch.setattr(AttentionInjector, "maps", maps)
+    monkeypatch.setattr(Reconstructor, "masks", masks)
+    out = tmp_path / "run"
+    train_module.run(config(shards, out, mae=mae, iters_per_epoch=1))
+    assert len(seen["maps"]) == 1 + 6  # one train step, then val: 22 faces in batches of 4
+    layers, maps = seen["maps"][0]
+    assert layers == tuple(LAYERS)
+    assert [tuple(a.shape) for a in maps] == [(4, 1, 56, 56), (4, 1, 28, 28)]
+    # Every mask hides all of the MAE's key region T and fills up to its 75 %.
+    info, masks = seen["masks"][0]
+    assert masks.sum(dim=1).tolist() == [147] * 4 and masks[:, info.key_patches].all()
+    # The maps are A = 1 - (1 + cos) / 2 between the frozen extractor's features of the face
+    # and of the MAE's reconstruction, both in the backbone's normalization.
+    batch, recon = seen["recon"][0]
+    detector, _, _ = load_detector(out, torch.device("cpu"))
+    extractor = make_backbone("test_resnet", pretrained=False).model.eval()
+    extractor.load_state_dict(detector.extractor.state_dict())
+    with torch.no_grad(), FeatureTaps(extractor, LAYERS) as taps:
+        original = taps(normalize_uint8(batch["image"], detector.mean, detector.std))
+        rebuilt = taps(mae_to(recon, detector.mean, detector.std))
+    for a, f, g in zip(maps, original, rebuilt):
+        assert torch.allclose(a, local_difference_attention(f, g), atol=1e-5)
+        assert a.max() > 0.01  # the reconstruction differs from the face
+    # The frozen extractor is stored, and is the backbone's starting point, not its trained state.
+    backbone, extractor = detector.backbone.state_dict(), detector.extractor.state_dict()
+    assert backbone.keys() == extractor.keys()
+    assert not all(torch.equal(backbone[k], extractor[k]) for k in backbone)
+
+
+def stop_before_epoch(monkeypatch, epoch):
+    """Make the run die (as if killed) when it starts epoch `epoch` (1-based)."""
+    real = train_module._Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch + 1 == epoch:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(train_module._Trainer, "train_epoch", train_epoch)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(shards, mae, tmp_path, monkeypatch):
+    settings = dict(mae=mae, epochs=2)
+    train_module.run(config(shards, tmp_path / "straight", **settings))
+    stop_before_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run(config(shards, tmp_path / "resumed", **settings))
+    monkeypatch.undo()
+    with pytest.raises(LrerrError, match=r"holds an unfinished run \(1 epochs done\) — pass --resume"):
+        train_module.run(config(shards, tmp_path / "resumed", **settings))
+    train_module.run(config(shards, tmp_path / "resumed", resume=True, **settings))
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("straight", "resumed"))
+    assert a["model"].keys() == b["model"].keys() and a["step"] == b["step"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    columns = [c for c in train_module.LOG_FIELDS if c not in ("seconds", "images_per_s")]
+    rows = [[{k: r[k] for k in columns} for r in read_log(tmp_path / run)] for run in ("straight", "resumed")]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+
+
+def change(run_dir):
+    """Rewrite a stage's manifest as a rerun would (same records, another timestamp)."""
+    manifest = read_manifest(run_dir)
+    manifest.created = "2000-01-01T00:00:00+00:00"
+    atomic_write_json(run_dir / "manifest.json", asdict(manifest))
+
+
+def test_a_changed_mae_is_refused_at_resume_and_at_score(shards, mae, tmp_path, monkeypatch):
+    from lrerr_tools.score import ScoreConfig
+    from lrerr_tools.score import run as run_score
+
+    own_mae = tmp_path / "mae"
+    shutil.copytree(mae, own_mae)
+    original = (own_mae / "manifest.json").read_bytes()
+    out = tmp_path / "run"
+    settings = dict(mae=own_mae, epochs=2, iters_per_epoch=1)
+    stop_before_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run(config(shards, out, **settings))
+    monkeypatch.undo()
+    change(own_mae)
+    refusal = rf"the detector run in {out} was trained with the MAE run {own_mae}, which has changed since"
+    with pytest.raises(LrerrError, match=refusal):
+        train_module.run(config(shards, out, resume=True, **settings))
+    (own_mae / "manifest.json").write_bytes(original)
+    train_module.run(config(shards, out, resume=True, **settings))
+    change(own_mae)
+    with pytest.raises(LrerrError, match=refusal):
+        train_module.run(config(shards, out, **settings))  # finished, but not on this MAE
+    score = ScoreConfig(shard_dir=str(shards), detector=str(out), out=str(tmp_path / "score"), device="cpu",
+                        workers=0)
+    with pytest.raises(LrerrError, match=rf"the detector in {out} was trained with the MAE run .* changed"):
+        run_score(score)
+    own_mae.rename(tmp_path / "moved")
+    with pytest.raises(LrerrError, match=rf"with the MAE run {own_mae}, which is gone — put it back there"):
+        run_score(score)
+    assert not (tmp_path / "score").exists()  # refused before the output was claimed
+
+
+def test_bad_options_are_one_line_errors(shards, mae, tmp_path):
+    with pytest.raises(LrerrError, match="--method lrerr needs --mae RUN_DIR"):
+        train_module.run(config(shards, tmp_path / "a", mae=None))
+    with pytest.raises(LrerrError, match="--mae is for --method lrerr"):
+        train_module.run(train_module.DetTrainConfig(shard_dir=str(shards), out=str(tmp_path / "b"),
+                                                     method="xception", mae=str(mae)))
+    with pytest.raises(LrerrError, match="has no layer block9"):
+        train_module.run(config(shards, tmp_path / "c", mae=mae, attn_layers=["layer1", "block9"]))
+    result = CliRunner().invoke(app, ["train-det", str(shards), "--out", str(tmp_path / "d"),
+                                      "--method", "resnet"])
+    assert result.exit_code == 2 and "error: --method must be one of lrerr, xception" in result.output
+
+
+def test_cli(shards, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train-det", str(shards), "--out", str(out), "--method", "xception", "--backbone", "test_resnet",
+        "--no-pretrained", "--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "4", "--workers", "0",
+        "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "train-det complete" in result.output and "best epoch 1 (val_auc" in result.output
+    assert read_manifest(out).config["attn_layers"] == ["block1", "block2", "block3"]
+    assert json.loads((out / "records.jsonl").read_text())["epoch"] == 1
+
+
+def test_ddp_with_two_gloo_processes(shards, mae, tmp_path):
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lrerr_tools", "train-det",
+         str(shards), "--mae", str(mae), "--out", str(out), "--backbone", "test_resnet",
+         "--attn-layers", "layer1,layer2", "--no-pretrained", "--epochs", "1", "--iters-per-epoch", "2",
+         "--batch-size", "4", "--workers", "0", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("train-det complete") == 1  # only rank 0 reports
+    manifest = read_manifest(out)
+    assert manifest.complete and manifest.extra["world_size"] == 2 and manifest.counts["steps"] == 2
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
