@@ -279,7 +279,7 @@ def run(cfg: DetTrainConfig) -> Manifest:
     try:
         out = Path(cfg.out)
         if cfg.overwrite and dist.is_main:
-            clear_run(out)
+            clear_run(out, stage=STAGE)
         dist.barrier()
         trainer = _Trainer(cfg, shards, dist, device)
         state = inspect_run(out, STAGE, cfg.identity(), shards.as_parent(), cfg.resume)
