@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import MANIFEST_FILE, RECORDS_FILE, Manifest, read_manifest
-from lrerr_tools.training import load_checkpoint
+from lrerr_tools.manifest import MANIFEST_FILE, RECORDS_FILE, Manifest, open_parent, read_manifest
+from lrerr_tools.training import load_checkpoint, setup_distributed, teardown_distributed
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +108,34 @@ def inspect_run(out: Path, stage: str, identity: dict, parent: dict, resume: boo
         raise LrerrError(f"--out {out}: holds an unfinished run ({checkpoint['epoch']} epochs done) — pass "
                          "--resume to continue it, or --overwrite to start again")
     return RunState(checkpoint=checkpoint)
+
+
+def run_training(cfg, stage: str, make_trainer: Callable, stage_outputs: tuple[str, ...] = (),
+                 check_found: Callable | None = None) -> Manifest:
+    """The run lifecycle both trainers share: claim or clear `cfg.out`, return a finished run
+    unchanged, else build (fresh or from last.pt) and fit. `check_found(trainer, extra)` vets
+    the `extra` of a finished manifest or a checkpoint before it is reused."""
+    cfg.check()
+    shards = open_parent(cfg.shard_dir, "shard")
+    dist, device = setup_distributed(cfg.device)
+    if not dist.is_main:
+        logging.getLogger("lrerr_tools").setLevel(logging.WARNING)  # one voice per job: rank 0's
+    try:
+        out = Path(cfg.out)
+        if cfg.overwrite and dist.is_main:
+            clear_run(out, stage_outputs, stage)
+        dist.barrier()
+        trainer = make_trainer(cfg, shards, dist, device)
+        state = inspect_run(out, stage, cfg.identity(), shards.as_parent(), cfg.resume, stage_outputs)
+        found = state.finished.extra if state.finished is not None else (
+            state.checkpoint["extra"] if state.checkpoint is not None else None)
+        if check_found is not None and found is not None:
+            check_found(trainer, found)
+        if state.finished is not None:
+            logging.getLogger(__name__).info("%s already holds this run, complete — nothing to do", out)
+            return state.finished
+        trainer.build(state)
+        trainer.fit()
+        return read_manifest(out)
+    finally:
+        teardown_distributed(dist)

@@ -36,9 +36,9 @@ from lrerr_tools.detector.model import METHODS, Detector, prepare_inputs
 from lrerr_tools.detector.predict import predict
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import Manifest, StageDir, open_parent, read_manifest, write_stage
+from lrerr_tools.manifest import Manifest, StageDir, write_stage
 from lrerr_tools.metrics import compute_metrics
-from lrerr_tools.run_dir import LOG_FILE, RunState, best_checkpoint, clear_run, inspect_run, last_checkpoint
+from lrerr_tools.run_dir import LOG_FILE, RunState, best_checkpoint, last_checkpoint, run_training
 from lrerr_tools.shard_dataset import ShardDataset, balanced_sampler
 from lrerr_tools.training import (
     CsvLogger,
@@ -54,8 +54,6 @@ from lrerr_tools.training import (
     save_checkpoint,
     seed_everything,
     seeded_generator,
-    setup_distributed,
-    teardown_distributed,
     wrap_model,
 )
 
@@ -271,26 +269,5 @@ class _Trainer:
 
 def run(cfg: DetTrainConfig) -> Manifest:
     """Train (or resume, or find finished) the detector run `cfg.out`; returns its manifest."""
-    cfg.check()
-    shards = open_parent(cfg.shard_dir, "shard")
-    dist, device = setup_distributed(cfg.device)
-    if not dist.is_main:
-        logging.getLogger("lrerr_tools").setLevel(logging.WARNING)  # one voice per job: rank 0's
-    try:
-        out = Path(cfg.out)
-        if cfg.overwrite and dist.is_main:
-            clear_run(out, stage=STAGE)
-        dist.barrier()
-        trainer = _Trainer(cfg, shards, dist, device)
-        state = inspect_run(out, STAGE, cfg.identity(), shards.as_parent(), cfg.resume)
-        if state.finished is not None:
-            trainer.check_mae(state.finished.extra["mae"])
-            log.info("%s already holds this run, complete — nothing to do", out)
-            return state.finished
-        if state.checkpoint is not None:
-            trainer.check_mae(state.checkpoint["extra"]["mae"])
-        trainer.build(state)
-        trainer.fit()
-        return read_manifest(out)
-    finally:
-        teardown_distributed(dist)
+    return run_training(cfg, STAGE, _Trainer,
+                        check_found=lambda trainer, extra: trainer.check_mae(extra["mae"]))

@@ -29,15 +29,14 @@ from lrerr_tools.mae.grid import reconstruction_grid, write_grid
 from lrerr_tools.mae.masking import MaskingSettings, key_masks_for, key_region_mask
 from lrerr_tools.mae.model import GRID, PATCH, PRESETS, MaskedAutoencoder
 from lrerr_tools.mae.pretrained import load_encoder
-from lrerr_tools.manifest import Manifest, StageDir, open_parent, read_manifest, write_stage
+from lrerr_tools.manifest import Manifest, StageDir, write_stage
 from lrerr_tools.normalization import to_mae_input
 from lrerr_tools.run_dir import (
     LOG_FILE,
     RunState,
     best_checkpoint,
-    clear_run,
-    inspect_run,
     last_checkpoint,
+    run_training,
 )
 from lrerr_tools.shard_dataset import ShardDataset
 from lrerr_tools.training import (
@@ -56,8 +55,6 @@ from lrerr_tools.training import (
     save_checkpoint,
     seed_everything,
     seeded_generator,
-    setup_distributed,
-    teardown_distributed,
     unwrap,
     wrap_model,
 )
@@ -291,24 +288,5 @@ class _Trainer:
 
 def run(cfg: MaeTrainConfig) -> Manifest:
     """Train (or resume, or find finished) the MAE run `cfg.out`; returns its manifest."""
-    cfg.check()
-    shards = open_parent(cfg.shard_dir, "shard")
-    dist, device = setup_distributed(cfg.device)
-    if not dist.is_main:
-        logging.getLogger("lrerr_tools").setLevel(logging.WARNING)  # one voice per job: rank 0's
-    try:
-        out = Path(cfg.out)
-        if cfg.overwrite and dist.is_main:
-            clear_run(out, (GRIDS,), STAGE)
-        dist.barrier()
-        trainer = _Trainer(cfg, shards, dist, device)
-        state = inspect_run(out, STAGE, cfg.identity(), shards.as_parent(), cfg.resume, (GRIDS,))
-        if state.finished is not None:
-            log.info("%s already holds this run, complete — nothing to do", out)
-            return state.finished
-        trainer.build(state)
-        trainer.fit()
-        return read_manifest(out)
-    finally:
-        teardown_distributed(dist)
+    return run_training(cfg, STAGE, _Trainer, (GRIDS,))
 
