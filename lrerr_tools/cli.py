@@ -61,6 +61,9 @@ def extract(
         help="Fake methods to keep, comma-separated or repeated (default: all present).")] = None,
     splits: Annotated[Path | None, typer.Option(
         help="FF++: folder with train/val/test.json; Celeb-DF: test list; folder: a CSV.")] = None,
+    keep_splits: Annotated[list[str] | None, typer.Option(
+        help="Extract only the videos of these splits, comma-separated (e.g. test: Celeb-DF-v2's 518 "
+             "test videos for cross-dataset scoring).")] = None,
     frames: Annotated[int, typer.Option(help="Evenly spaced frames per video.")] = 32,
     every: Annotated[int | None, typer.Option(help="Take every K-th frame instead of --frames.")] = None,
     face: Annotated[str, typer.Option(help="Which face to keep: largest, central or track.")] = "largest",
@@ -92,6 +95,7 @@ def extract(
     cfg = ExtractConfig(
         root=str(root), dataset=dataset, out=str(out), compression=compression,
         methods=split_commas(methods), splits=str(splits) if splits else None,
+        keep_splits=split_commas(keep_splits),
         frames=frames, every=every, face=face, detector=detector,
         detector_weights=str(detector_weights) if detector_weights else None,
         threshold=threshold, det_max_side=det_max_side, crop_size=crop_size, margin=margin,
@@ -235,6 +239,9 @@ def train_det(
         help="The train-mae run whose reconstructions make the attention maps (--method lrerr).")] = None,
     method: Annotated[str, typer.Option(
         help="lrerr (attention from MAE reconstructions) or xception (the baseline, no MAE).")] = "lrerr",
+    methods: Annotated[list[str] | None, typer.Option(
+        help="Fake methods to train on, comma-separated (default: all in the train split); every real "
+             "face is kept and val is narrowed the same way.")] = None,
     backbone: Annotated[str, typer.Option(help="timm model of both the detector and the frozen "
                                                "feature extractor.")] = "legacy_xception",
     attn_layers: Annotated[list[str] | None, typer.Option(
@@ -265,7 +272,8 @@ def train_det(
 
     manifest = run(DetTrainConfig(
         shard_dir=str(shard_dir), out=str(out), mae=str(mae) if mae else None, method=method,
-        backbone=backbone, attn_layers=split_commas(attn_layers) or list(XCEPTION_LAYERS),
+        methods=split_commas(methods), backbone=backbone,
+        attn_layers=split_commas(attn_layers) or list(XCEPTION_LAYERS),
         pretrained=pretrained, weights=str(weights) if weights else None, epochs=epochs,
         iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, device=device, amp=amp,
         workers=workers, resume=resume, seed=seed, overwrite=overwrite))

@@ -17,7 +17,8 @@ import json
 import logging
 import shutil
 import zlib
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from itertools import islice
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 from lrerr_tools.alignment import align_face
 from lrerr_tools.atomic_io import atomic_write_json
 from lrerr_tools.datasets import ADAPTERS, VideoRecord, list_videos
+from lrerr_tools.datasets.base import SPLITS, UNASSIGNED
 from lrerr_tools.detection import DETECTORS, Face, make_detector
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.face_choice import POLICIES, choose_face
@@ -56,6 +58,7 @@ class ExtractConfig:
     compression: str = "c23"
     methods: list[str] | None = None
     splits: str | None = None
+    keep_splits: list[str] | None = None
     frames: int | None = 32
     every: int | None = None
     face: str = "largest"
@@ -103,6 +106,10 @@ class ExtractConfig:
         if not 0.0 <= self.margin <= 2.0:
             raise LrerrError(f"--margin must be between 0 and 2 (got {self.margin})")
         parse_part(self.part)
+        unknown = sorted(set(self.keep_splits or ()) - {*SPLITS, UNASSIGNED})
+        if unknown:
+            raise LrerrError(f"--keep-splits: unknown split {', '.join(unknown)} "
+                             f"(choose from {', '.join((*SPLITS, UNASSIGNED))})")
 
 
 def parse_part(part: str) -> tuple[int, int]:
@@ -284,8 +291,19 @@ def _relative(path: str, root: str) -> str:
 
 
 def _list(ident: dict):
-    return list_videos(ident["dataset"], ident["root"], compression=ident["compression"],
-                       methods=ident["methods"], splits=ident["splits"])
+    """The videos of the config's dataset, narrowed to --keep-splits after the split-leak check
+    has seen all of them."""
+    listing = list_videos(ident["dataset"], ident["root"], compression=ident["compression"],
+                          methods=ident["methods"], splits=ident["splits"])
+    keep = ident["keep_splits"]
+    if keep is None:
+        return listing
+    videos = [v for v in listing.videos if v.split in keep]
+    if not videos:
+        found = Counter(v.split for v in listing.videos)
+        raise LrerrError(f"--keep-splits {','.join(keep)}: no such videos under {ident['root']} (it has "
+                         + ", ".join(f"{n} {split}" for split, n in sorted(found.items())) + ")")
+    return replace(listing, videos=videos)
 
 
 def _read_config(out_dir: Path) -> dict:

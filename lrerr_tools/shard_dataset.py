@@ -31,12 +31,16 @@ SPLITS = ("train", "val", "test", "unassigned")
 class ShardDataset(Dataset):
     """Faces of one split (None: all), optionally only some labels (0 real, 1 fake) or methods.
 
+    `fake_methods` keeps every real face but only the fakes of these methods (training on a
+    subset of manipulations); `methods` filters reals and fakes alike.
+
     An item is a dict: `image` uint8 tensor (3,S,S) RGB, `key_mask` bool tensor (G*G,),
     `label` int, `video_id` str, `frame_index` int and `method` str.
     """
 
     def __init__(self, shard_dir: str | Path, split: str | None = "train",
-                 labels: Iterable[int] | None = None, methods: Iterable[str] | None = None):
+                 labels: Iterable[int] | None = None, methods: Iterable[str] | None = None,
+                 fake_methods: Iterable[str] | None = None):
         self.shard_dir = Path(shard_dir)
         if split is not None and split not in SPLITS:
             raise LrerrError(f"split must be one of {', '.join(SPLITS)} or None (got {split!r})")
@@ -47,6 +51,7 @@ class ShardDataset(Dataset):
         self._mask_len = int((self.key_region or {}).get("grid", 14)) ** 2
         labels = None if labels is None else {int(x) for x in labels}
         methods = None if methods is None else set(methods)
+        fake_methods = None if fake_methods is None else set(fake_methods)
 
         self.files: list[str] = []
         self.codecs: list[str] = []
@@ -63,6 +68,8 @@ class ShardDataset(Dataset):
                 continue
             if labels is not None and not any(entry[("n_real", "n_fake")[x]] for x in labels & {0, 1}):
                 continue
+            if fake_methods is not None and not (entry["n_real"] or fake_methods & set(entry["methods"])):
+                continue
             with h5py.File(self.shard_dir / entry["file"], "r") as f:
                 label = f["label"][:]
                 frame = f["frame_index"][:]
@@ -77,6 +84,8 @@ class ShardDataset(Dataset):
                 keep &= np.isin(label, list(labels))
             if methods is not None:
                 keep &= np.isin(shard_methods[method], list(methods))
+            if fake_methods is not None:
+                keep &= (label == 0) | np.isin(shard_methods[method], list(fake_methods))
             if not keep.any():
                 continue
             to_video = np.array([video_lookup.setdefault(v, len(video_lookup)) for v in shard_videos],

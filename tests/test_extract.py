@@ -11,6 +11,7 @@ from conftest import TINY_METHODS
 from jsonschema import validate
 
 import lrerr_tools.extract as extract_module
+from lrerr_tools.errors import LrerrError
 from lrerr_tools.extract import finalize, run
 from lrerr_tools.manifest import open_parent, schema
 
@@ -144,3 +145,14 @@ def test_face_policy_is_recorded(extract_config, policy):
                .splitlines()]
     assert manifest.counts["crops"] == len(records)
     assert {r["face_choice"] for r in records} == {policy}
+
+
+def test_keep_splits_extracts_only_those_videos(extract_config):
+    manifest = run(extract_config(keep_splits=["test"], methods=["Deepfakes"], frames=2))
+    records = [json.loads(line) for line in _records(extract_module.Path(extract_config().out)).splitlines()]
+    assert {r["split"] for r in records} == {"test"} and manifest.counts["crops"] == len(records) > 0
+    with pytest.raises(LrerrError, match=r"--keep-splits unassigned: no such videos under .* \(it has "
+                                         r"\d+ test, \d+ train, \d+ val\)"):
+        run(extract_config(keep_splits=["unassigned"], overwrite=True))
+    with pytest.raises(LrerrError, match="--keep-splits: unknown split tst"):
+        run(extract_config(keep_splits=["tst"]))

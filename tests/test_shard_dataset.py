@@ -40,6 +40,9 @@ def test_filters_select_by_split_label_and_method(shards, ok_records):
     assert set(fakes.labels.tolist()) == {1} and len(fakes) == 14
     swaps = ShardDataset(shards, split="train", methods=["FaceSwap", "youtube"])
     assert Counter(swaps[i]["method"] for i in range(len(swaps))) == {"youtube": 8, "FaceSwap": 6}
+    # fake_methods keeps the reals without naming their source
+    narrowed = ShardDataset(shards, split="train", fake_methods=["FaceSwap"])
+    assert Counter(narrowed[i]["method"] for i in range(len(narrowed))) == {"youtube": 8, "FaceSwap": 6}
     assert len(ShardDataset(shards, split="unassigned")) == 0
     with pytest.raises(LrerrError, match="split must be one of"):
         ShardDataset(shards, split="training")

@@ -258,6 +258,21 @@ def test_a_changed_mae_is_refused_at_resume_and_at_score(shards, mae, tmp_path, 
     assert not (tmp_path / "score").exists()  # refused before the output was claimed
 
 
+def test_methods_narrow_the_fakes_and_keep_every_real(shards, tmp_path):
+    # The single-method and leave-one-out protocols (Tables II and III) train this way.
+    out = tmp_path / "run"
+    manifest = train_module.run(config(shards, out, "xception", methods=["FaceSwap"], iters_per_epoch=1))
+    assert manifest.counts == {"epochs": 1, "steps": 1, "train_real": 8, "train_fake": 6, "val_real": 8,
+                               "val_fake": 6}
+    assert manifest.extra["train_data"]["methods"] == ["FaceSwap"]
+    assert manifest.config["methods"] == ["FaceSwap"]
+    with pytest.raises(LrerrError, match=r"--methods: no fake faces of NeuralTextures in the train split of "
+                                         r".* \(it has Deepfakes, FaceSwap\)"):
+        train_module.run(config(shards, tmp_path / "other", "xception",
+                                methods=["FaceSwap", "NeuralTextures"]))
+    assert not (tmp_path / "other").exists()
+
+
 def test_bad_options_are_one_line_errors(shards, mae, tmp_path):
     with pytest.raises(LrerrError, match="--method lrerr needs --mae RUN_DIR"):
         train_module.run(config(shards, tmp_path / "a", mae=None))

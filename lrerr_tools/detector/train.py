@@ -71,6 +71,7 @@ class DetTrainConfig:
     out: str
     mae: str | None = None
     method: str = "lrerr"
+    methods: list[str] | None = None
     backbone: str = "legacy_xception"
     attn_layers: list[str] = field(default_factory=lambda: list(XCEPTION_LAYERS))
     pretrained: bool = True
@@ -109,15 +110,27 @@ class DetTrainConfig:
             raise LrerrError("--workers must be 0 or more")
         if not self.attn_layers:
             raise LrerrError("--attn-layers: name at least one layer")
+        if self.methods is not None:
+            if not self.methods:
+                raise LrerrError("--methods: name at least one fake method, or leave it out for all")
+            self.methods = sorted(set(self.methods))  # the same training, whatever order they are named in
 
 
-def _datasets(shards: StageDir) -> tuple[ShardDataset, ShardDataset]:
-    train = ShardDataset(shards.path, split="train")
+def _datasets(shards: StageDir, methods: list[str] | None) -> tuple[ShardDataset, ShardDataset]:
+    """The train and val faces: all reals, and the fakes of `methods` (None: all)."""
+    if methods is not None:
+        present = describe_split(shards, "train")["methods"]
+        absent = [m for m in methods if m not in present]
+        if absent:
+            raise LrerrError(f"--methods: no fake faces of {', '.join(absent)} in the train split of "
+                             f"{shards.path} (it has {', '.join(present) or 'none'})")
+    train = ShardDataset(shards.path, split="train", fake_methods=methods)
     counts = np.bincount(train.labels, minlength=2)
     if 0 in counts:
         missing = "real" if counts[0] == 0 else "fake"
         raise LrerrError(f"{shards.path}: no {missing} faces in the train split — the detector needs both")
-    val = ShardDataset(shards.path, split="val")
+    # Model selection on the same manipulations as training, as in the single-method protocols.
+    val = ShardDataset(shards.path, split="val", fake_methods=methods)
     counts = np.bincount(val.labels, minlength=2)
     if 0 in counts:
         what = f"only {'real' if counts[1] == 0 else 'fake'} val faces" if counts.sum() else "no val faces"
@@ -129,7 +142,7 @@ class _Trainer:
     def __init__(self, cfg: DetTrainConfig, shards: StageDir, dist: Distributed, device: torch.device):
         self.cfg, self.shards, self.dist, self.device = cfg, shards, dist, device
         self.out = Path(cfg.out)
-        self.train, self.val = _datasets(shards)
+        self.train, self.val = _datasets(shards, cfg.methods)
         if cfg.batch_size % dist.world_size:
             raise LrerrError(f"--batch-size {cfg.batch_size} must divide evenly among {dist.world_size} "
                              "processes")
@@ -141,7 +154,7 @@ class _Trainer:
             for dataset in (self.train, self.val):
                 self.reconstructor.check(dataset)
         self.mae = self.reconstructor.info.as_parent() if self.reconstructor else None
-        self.train_data = describe_split(shards, "train")
+        self.train_data = describe_split(shards, "train", cfg.methods)
 
     def check_mae(self, recorded: dict | None) -> None:
         """A run resumed or found finished must have been trained with this very MAE."""
