@@ -333,14 +333,27 @@ def verify(
 @user_errors
 def sample(
     out: Annotated[Path, typer.Argument(help="Folder to write the sample dataset into.")],
-    pairs: Annotated[int, typer.Option(help="FF++ pairs; pair k goes to train/val/test in turn.")] = 3,
+    dataset: Annotated[str, typer.Option(
+        help="ffpp (FF++ with the DFD actors and DeepFakeDetection fakes in the same root, as "
+             "the real download ships them) or celebdf (Celeb-DF-v2 with its test list).")] = "ffpp",
+    pairs: Annotated[int | None, typer.Option(
+        help="FF++ pairs (default 3), ffpp only; pair k goes to train/val/test in turn.")] = None,
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 40,
 ) -> None:
-    """Write a small FF++-layout dataset made from scikit-image's astronaut (needs the dev extra)."""
-    from lrerr_tools.synth import make_ffpp_sample
+    """Write a small dataset made from scikit-image's astronaut (needs the dev extra)."""
+    from lrerr_tools.datasets.celebdf import TEST_LIST
+    from lrerr_tools.synth import make_celebdf_sample, make_ffpp_sample
 
-    root = make_ffpp_sample(out, n_pairs=pairs, n_frames=frames)
-    typer.echo(f"sample dataset: {root} (split lists in {root / 'splits'})")
+    if dataset == "ffpp":
+        root = make_ffpp_sample(out, n_pairs=3 if pairs is None else pairs, n_frames=frames)
+        typer.echo(f"sample FF++ dataset with its DFD part: {root} (split lists in {root / 'splits'})")
+    elif dataset == "celebdf":
+        if pairs is not None:
+            raise LrerrError("--pairs applies to --dataset ffpp only")
+        root = make_celebdf_sample(out, n_frames=frames)
+        typer.echo(f"sample Celeb-DF-v2 dataset: {root} (test list {root / TEST_LIST})")
+    else:
+        raise LrerrError(f"unknown --dataset {dataset!r}; choose ffpp or celebdf")
 
 
 @app.command()

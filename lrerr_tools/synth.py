@@ -1,8 +1,9 @@
-"""A small, deterministic FaceForensics++-layout sample built from scikit-image's astronaut.
+"""Small, deterministic FF++ (with its DFD part) and Celeb-DF-v2 samples from scikit-image's astronaut.
 
 The one real face that ships offline is filmed by a virtual moving camera (the reals) and
 edited in the face region only with four crude stand-ins for the FF++ methods (the fakes), so
-demos, tests and benchmarks get data with the real layout and real, local forgery artefacts.
+demos, tests, benchmarks and cross-dataset protocols get data with each dataset's real layout
+and real, local forgery artefacts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lrerr_tools.datasets.celebdf import TEST_LIST
+from lrerr_tools.datasets.ffpp import DFD_METHOD
 from lrerr_tools.errors import LrerrError
 
 METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -27,6 +30,16 @@ _FACE_AXES = (41.0, 50.0)
 _MOUTH = (224.0, 146.0)
 _LOWER_FACE = (224.0, 140.0)
 _LOWER_FACE_AXES = (27.0, 24.0)
+
+# DFD and Celeb-DF were made with autoencoder face swaps, which the Deepfakes edit imitates.
+_SWAP_METHOD = "Deepfakes"
+# A few of DFD's real scene names, so sample video names read like DFD's.
+_DFD_SCENES = (
+    "walking_down_street_outside_angry",
+    "kitchen_pan",
+    "talking_against_wall",
+    "podium_speech_happy",
+)
 
 # Camera paths are defined in seconds at this rate, so a short clip is the prefix of a longer
 # one with the same seed and motion speed does not depend on the clip length.
@@ -309,13 +322,17 @@ def _seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
-def _film(image: np.ndarray, video_id: str, n_frames: int, size, seed: int) -> np.ndarray:
-    # Real a and every fake a_* share this camera (path, colour and mirroring), so they
-    # differ only where the face was edited.
-    id_seed = _seed(seed, int(video_id))
-    frames = camera_clip(image, n_frames, size, id_seed)
+def _key(name: str) -> int:
+    # Folder names as seed keys keep each dataset's cameras and edits apart from the others'.
+    return zlib.crc32(name.encode())
+
+
+def _film(image: np.ndarray, camera: int, n_frames: int, size) -> np.ndarray:
+    # A real and its fakes are filmed with the same camera seed (path, colour and mirroring),
+    # so they differ only where the face was edited.
+    frames = camera_clip(image, n_frames, size, camera)
     # The hash's low bit is a seeded fair coin, independent of the camera path draws.
-    return frames[:, :, ::-1] if id_seed & 1 else frames
+    return frames[:, :, ::-1] if camera & 1 else frames
 
 
 def make_ffpp_sample(
@@ -326,11 +343,18 @@ def make_ffpp_sample(
     n_frames: int = 40,
     size: tuple[int, int] = (320, 240),
     compression: str = "c23",
+    dfd_videos: int = 2,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny FF++ tree (reals, fakes of every method, split lists) under root."""
+    """Write a tiny FF++ tree (reals, fakes of every method, split lists) under root.
+
+    Like the real download it also holds DFD: `dfd_videos` actor reals and as many
+    DeepFakeDetection fakes (0 for none).
+    """
     if n_pairs < 1:
         raise LrerrError(f"n_pairs must be at least 1, got {n_pairs}")
+    if dfd_videos < 0:
+        raise LrerrError(f"dfd_videos must be at least 0, got {dfd_videos}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise LrerrError(f"unknown manipulation method(s) {unknown}; choose from {list(METHODS)}")
@@ -340,20 +364,99 @@ def make_ffpp_sample(
 
     real_dir = root / "original_sequences" / "youtube" / compression / "videos"
     for video_id in (v for pair in pairs for v in pair):
-        write_video(real_dir / f"{video_id}.mp4", _film(base, video_id, n_frames, size, seed))
+        camera = _seed(seed, int(video_id))
+        write_video(real_dir / f"{video_id}.mp4", _film(base, camera, n_frames, size))
 
     for method in methods:
         fake_dir = root / "manipulated_sequences" / method / compression / "videos"
-        method_key = zlib.crc32(method.encode())
         for a, b in pairs:
             for target, source in ((a, b), (b, a)):
-                fake = manipulate(base, method, _seed(seed, int(target), int(source), method_key))
-                frames = _film(fake, target, n_frames, size, seed)
+                fake = manipulate(base, method, _seed(seed, int(target), int(source), _key(method)))
+                frames = _film(fake, _seed(seed, int(target)), n_frames, size)
                 write_video(fake_dir / f"{target}_{source}.mp4", frames)
+
+    _write_dfd(root, base, dfd_videos, n_frames, size, compression, seed)
 
     split_dir = root / "splits"
     split_dir.mkdir(parents=True, exist_ok=True)
     for index, split in enumerate(("train", "val", "test")):
         chosen = [list(pair) for k, pair in enumerate(pairs) if k % 3 == index]
         (split_dir / f"{split}.json").write_text(json.dumps(chosen) + "\n")
+    return root
+
+
+def _write_dfd(
+    root: Path,
+    base: np.ndarray,
+    n_videos: int,
+    n_frames: int,
+    size: tuple[int, int],
+    compression: str,
+    seed: int,
+) -> None:
+    """DFD's actors (01__scene) and their fakes (01_02__scene__CODE) in the FF++ root."""
+    real_dir = root / "original_sequences" / "actors" / compression / "videos"
+    fake_dir = root / "manipulated_sequences" / DFD_METHOD / compression / "videos"
+    dfd_key = _key(DFD_METHOD)
+    for k in range(n_videos):
+        actor = k + 1
+        # Another actor's face, as in DFD; with a single actor that one is not in the sample.
+        source = (actor % max(n_videos, 2)) + 1
+        scene = _DFD_SCENES[k % len(_DFD_SCENES)]
+        camera = _seed(seed, dfd_key, actor)
+        write_video(real_dir / f"{actor:02d}__{scene}.mp4", _film(base, camera, n_frames, size))
+        edit_seed = _seed(seed, dfd_key, actor, source)
+        fake = _film(manipulate(base, _SWAP_METHOD, edit_seed), camera, n_frames, size)
+        # DFD fakes end in an 8-character random code; the edit seed is one, in hex.
+        write_video(fake_dir / f"{actor:02d}_{source:02d}__{scene}__{edit_seed:08X}.mp4", fake)
+
+
+def make_celebdf_sample(
+    root: str | Path,
+    *,
+    n_real: int = 3,
+    n_fake: int = 3,
+    n_frames: int = 40,
+    size: tuple[int, int] = (320, 240),
+    seed: int = 0,
+) -> Path:
+    """Write a tiny Celeb-DF-v2 tree under root: reals, fakes and List_of_testing_videos.txt.
+
+    A third of the reals are YouTube-real, the rest Celeb-real celebrities id0, id1, ...;
+    fake f swaps celebrity i = f mod (number of celebrities) with the next one in clip
+    f div (number of celebrities). The last real and the last fake are left out of the test
+    list, so they are the adapter's "train" videos.
+    """
+    if n_real < 2 or n_fake < 2:
+        raise LrerrError(
+            "n_real and n_fake must each be at least 2 (one for the test list, one left out), "
+            f"got {n_real} and {n_fake}"
+        )
+    root = Path(root)
+    base = astronaut_rgb()
+    n_youtube = n_real // 3
+    n_celeb = n_real - n_youtube
+
+    def celeb_camera(identity: int, clip: int) -> int:
+        return _seed(seed, _key("Celeb-real"), identity, clip)
+
+    reals = [(f"YouTube-real/{k:05d}", _seed(seed, _key("YouTube-real"), k)) for k in range(n_youtube)]
+    reals += [(f"Celeb-real/id{i}_0000", celeb_camera(i, 0)) for i in range(n_celeb)]
+    for name, camera in reals:
+        write_video(root / f"{name}.mp4", _film(base, camera, n_frames, size))
+
+    fakes = []
+    for f in range(n_fake):
+        target, clip = f % n_celeb, f // n_celeb
+        source = (target + 1) % n_celeb
+        edit_seed = _seed(seed, _key("Celeb-synthesis"), target, source, clip)
+        # Filmed like the target's real clip, which for clips past 0000 is not in the sample.
+        frames = _film(manipulate(base, _SWAP_METHOD, edit_seed), celeb_camera(target, clip), n_frames, size)
+        name = f"Celeb-synthesis/id{target}_id{source}_{clip:04d}"
+        write_video(root / f"{name}.mp4", frames)
+        fakes.append(name)
+
+    # The official list marks real as 1 and fake as 0.
+    lines = [f"1 {name}.mp4" for name, _ in reals[:-1]] + [f"0 {name}.mp4" for name in fakes[:-1]]
+    (root / TEST_LIST).write_text("\n".join(lines) + "\n")
     return root
