@@ -295,7 +295,7 @@ def _list(ident: dict):
     has seen all of them."""
     listing = list_videos(ident["dataset"], ident["root"], compression=ident["compression"],
                           methods=ident["methods"], splits=ident["splits"])
-    keep = ident["keep_splits"]
+    keep = ident.get("keep_splits")  # absent from configs made before the option existed
     if keep is None:
         return listing
     videos = [v for v in listing.videos if v.split in keep]

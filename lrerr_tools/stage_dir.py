@@ -52,8 +52,9 @@ def prepare_output(out: Path, stage: str, identity: dict, overwrite: bool,
                 path.unlink(missing_ok=True)
     wanted = json.loads(json.dumps(identity))
     stored = create_json_once(config_path, wanted)
-    if stored != wanted:
-        changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    # An option added since `out` was made matches its config while the option is unset (None).
+    changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    if changed:
         raise LrerrError(
             f"--out {out}: was made with another config (differs in {', '.join(changed)}) "
             "— pass --overwrite to start again, or choose another --out"

@@ -156,3 +156,15 @@ def test_keep_splits_extracts_only_those_videos(extract_config):
         run(extract_config(keep_splits=["unassigned"], overwrite=True))
     with pytest.raises(LrerrError, match="--keep-splits: unknown split tst"):
         run(extract_config(keep_splits=["tst"]))
+
+
+def test_an_output_made_before_an_option_existed_still_resumes_and_merges(extract_config):
+    # Options added later (keep_splits here) are absent from older work/config.json files.
+    cfg = extract_config(methods=["Deepfakes"], frames=2, part="1/2")
+    run(cfg)
+    config_path = extract_module.Path(cfg.out) / "work" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["keep_splits"]
+    config_path.write_text(json.dumps(config))
+    assert run(extract_config(methods=["Deepfakes"], frames=2, part="2/2")).complete
+    assert finalize(cfg.out).complete
