@@ -10,7 +10,7 @@ score stage writes it as `metrics.json` (schema: `manifests/metrics.schema.json`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +71,7 @@ def compute_metrics(rows: Iterable[Mapping], threshold: float = THRESHOLD) -> di
 
 def scores_by_level(rows: Iterable[Mapping]) -> tuple[Scores, Scores]:
     """Frame scores as given, and video scores as the mean over each video's frames."""
-    video_ids, methods, labels, probs = [], [], [], []
+    frames = []
     for i, row in enumerate(rows):
         missing = [key for key in ROW_KEYS if key not in row]
         if missing:
@@ -83,27 +83,27 @@ def scores_by_level(rows: Iterable[Mapping]) -> tuple[Scores, Scores]:
         if row["label"] not in (0, 1) or not 0 <= prob <= 1:
             raise LrerrError(f"score row {i} ({row['video_id']}): label must be 0 or 1 and prob in "
                              f"[0, 1], got {row['label']!r} and {row['prob']!r}")
-        video_ids.append(str(row["video_id"]))
-        methods.append(str(row["method"]))
-        labels.append(int(row["label"]))
-        probs.append(prob)
-    if not video_ids:
+        frames.append({"video_id": str(row["video_id"]), "method": str(row["method"]),
+                       "label": int(row["label"]), "prob": prob})
+    if not frames:
         raise LrerrError("no scores to evaluate")
-    frames = Scores(np.array(labels), np.array(probs), np.array(methods))
+    return tuple(Scores(np.array([r["label"] for r in level]), np.array([r["prob"] for r in level]),
+                        np.array([r["method"] for r in level]))
+                 for level in (frames, video_rows(frames)))
 
-    groups: dict[str, list[int]] = {}
-    for i, video_id in enumerate(video_ids):
-        groups.setdefault(video_id, []).append(i)
-    for video_id, index in groups.items():
-        if len({labels[i] for i in index}) > 1 or len({methods[i] for i in index}) > 1:
+
+def video_rows(frames: Sequence[Mapping]) -> list[dict]:
+    """One row per full video_id, in first-seen order: its method, label, frame count and mean prob."""
+    groups: dict[str, list[Mapping]] = {}
+    for row in frames:
+        groups.setdefault(row["video_id"], []).append(row)
+    videos = []
+    for video_id, rows in groups.items():
+        if len({r["label"] for r in rows}) > 1 or len({r["method"] for r in rows}) > 1:
             raise LrerrError(f"video {video_id}: its frames disagree on label or method")
-    firsts = [index[0] for index in groups.values()]
-    videos = Scores(
-        frames.labels[firsts],
-        np.array([frames.probs[index].mean() for index in groups.values()]),
-        frames.methods[firsts],
-    )
-    return frames, videos
+        videos.append({"video_id": video_id, "method": rows[0]["method"], "label": rows[0]["label"],
+                       "frames": len(rows), "prob": float(np.mean([r["prob"] for r in rows]))})
+    return videos
 
 
 def block(scores: Scores, threshold: float, notes: list[str], where: str) -> dict:

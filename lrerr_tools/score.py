@@ -37,7 +37,7 @@ from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.grid import write_grid
 from lrerr_tools.manifest import Manifest, open_parent, schema, write_stage
-from lrerr_tools.metrics import LEVELS, compute_metrics, roc_plot
+from lrerr_tools.metrics import LEVELS, compute_metrics, roc_plot, video_rows
 from lrerr_tools.report import DETECTORS, METRICS_FILE
 from lrerr_tools.shard_dataset import SPLITS, ShardDataset
 from lrerr_tools.stage_dir import existing_manifest, prepare_output
@@ -81,16 +81,6 @@ class ScoreConfig:
             raise LrerrError("--batch-size must be at least 1")
         if self.workers < 0 or self.overlays < 0:
             raise LrerrError("--workers and --overlays must be 0 or more")
-
-
-def video_rows(rows: list[dict]) -> list[dict]:
-    """One row per full video_id, in first-seen order: its frame count and mean prob."""
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["video_id"], []).append(row)
-    return [{"video_id": video_id, "method": frames[0]["method"], "label": frames[0]["label"],
-             "frames": len(frames), "prob": float(np.mean([r["prob"] for r in frames]))}
-            for video_id, frames in groups.items()]
 
 
 def _csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
