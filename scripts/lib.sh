@@ -1,0 +1,230 @@
+# Sourced by the protocol scripts (ffpp.sh, cross_manip.sh, gid.sh, cross_dataset.sh,
+# ablation.sh), slurm_extract.sh and demo.sh: their options, settings, and one function per
+# pipeline step. Every step is a lrerr-tools stage that returns at once when its output
+# directory already holds a complete result made with the same settings (its manifest says
+# so), and refuses in one line when the settings changed; so a rerun skips what is done and
+# resumes what was interrupted. The first failing stage stops the script.
+#
+# Work directory (WORK):
+#   ffpp-<comp>/{extract,landmarks,shards,mae}     FF++ at one compression
+#   ffpp-<comp>/det/<run>                          detectors trained on it
+#   ffpp-<comp>/score/<run>/<test data>            each detector scored on a test set
+#   celebdf/, dfd-<comp>/                          test-only data for cross-dataset scoring
+#   reports/<table>.md (+ .csv)                    the paper's tables
+
+set -euo pipefail
+
+SCRIPT=$(basename "$0")
+PAPER_METHODS=Deepfakes,Face2Face,FaceSwap,NeuralTextures
+
+die() {
+    echo "$SCRIPT: $*" >&2
+    exit 2
+}
+
+usage() {
+    # The calling script's header comment is its help.
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+}
+
+SETTINGS_HELP='Options (each also read from the environment variable in brackets):
+  --ffpp DIR          FaceForensics++ root [FFPP_ROOT]
+  --ffpp-splits DIR   folder with the official train/val/test.json [FFPP_SPLITS; default FFPP_ROOT/splits]
+  --celebdf DIR       Celeb-DF-v2 root [CELEBDF_ROOT]
+  --dfd DIR           DFD root [DFD_ROOT; default: FFPP_ROOT, where the FF++ download puts it]
+  --work DIR          work directory, shared by all scripts [WORK; default: work]
+  --comp c23|c40      FF++ compression to train on [COMP; default: c23]
+  --profile NAME      paper (the paper'"'"'s settings) or tiny (minutes on a laptop) [PROFILE]
+Settings the profile chooses, each overridable by its variable: FRAMES (per video), MAE_PRESET,
+MAE_EPOCHS, MAE_STEPS (cap per epoch), DET_EPOCHS, DET_ITERS, BATCH, WORKERS, PRETRAINED (0/1),
+JOBS (videos in parallel, 0 = a core each), DETECTORS (lrerr and/or xception).
+Extra stage options: EXTRACT_ARGS, LANDMARKS_ARGS, SHARD_ARGS, MAE_ARGS, DET_ARGS, SCORE_ARGS.
+MAE=RUN_DIR uses that finished train-mae run instead of training one. TRAIN_LAUNCH runs the
+training stages, e.g. "torchrun --nproc_per_node 8 -m lrerr_tools" (default: lrerr-tools).'
+
+parse_args() {
+    while (($#)); do
+        case $1 in
+            -h | --help)
+                usage
+                echo
+                echo "$SETTINGS_HELP"
+                exit 0
+                ;;
+            --ffpp | --ffpp-splits | --celebdf | --dfd | --work | --comp | --profile)
+                (($# >= 2)) || die "$1 needs a value"
+                case $1 in
+                    --ffpp) FFPP_ROOT=$2 ;;
+                    --ffpp-splits) FFPP_SPLITS=$2 ;;
+                    --celebdf) CELEBDF_ROOT=$2 ;;
+                    --dfd) DFD_ROOT=$2 ;;
+                    --work) WORK=$2 ;;
+                    --comp) COMP=$2 ;;
+                    --profile) PROFILE=$2 ;;
+                esac
+                shift 2
+                ;;
+            *) die "unknown argument '$1' (see --help)" ;;
+        esac
+    done
+    settings
+}
+
+settings() {
+    case ${PROFILE:=paper} in
+        paper)
+            : "${FRAMES:=32}" "${MAE_PRESET:=base}" "${MAE_EPOCHS:=300}" "${MAE_STEPS:=}"
+            : "${DET_EPOCHS:=30}" "${DET_ITERS:=200}" "${BATCH:=32}" "${WORKERS:=4}" "${PRETRAINED:=1}"
+            ;;
+        tiny)
+            # Shows every stage working on the demo sample; learns nothing.
+            : "${FRAMES:=4}" "${MAE_PRESET:=tiny}" "${MAE_EPOCHS:=1}" "${MAE_STEPS:=5}"
+            : "${DET_EPOCHS:=1}" "${DET_ITERS:=4}" "${BATCH:=8}" "${WORKERS:=1}" "${PRETRAINED:=0}"
+            ;;
+        *) die "--profile must be paper or tiny (got '$PROFILE')" ;;
+    esac
+    : "${COMP:=c23}" "${JOBS:=0}" "${WORK:=work}" "${DETECTORS:=lrerr}" "${TRAIN_LAUNCH:=lrerr-tools}"
+    case $COMP in c23 | c40) ;; *) die "--comp must be c23 or c40 (got '$COMP')" ;; esac
+    for detector in $DETECTORS; do
+        case $detector in lrerr | xception) ;; *) die "DETECTORS: lrerr or xception, not '$detector'" ;; esac
+    done
+    read -ra EXTRACT_EXTRA <<<"${EXTRACT_ARGS:-}"
+    read -ra LANDMARKS_EXTRA <<<"${LANDMARKS_ARGS:-}"
+    read -ra SHARD_EXTRA <<<"${SHARD_ARGS:-}"
+    read -ra MAE_EXTRA <<<"${MAE_ARGS:-}"
+    read -ra DET_EXTRA <<<"${DET_ARGS:-}"
+    read -ra SCORE_EXTRA <<<"${SCORE_ARGS:-}"
+    read -ra LAUNCH <<<"$TRAIN_LAUNCH"
+    FFPP_DIR=$WORK/ffpp-$COMP
+    MAE_DIR=${MAE:-$FFPP_DIR/mae}
+}
+
+need_dir() { # need_dir VALUE OPTION WHAT
+    [ -n "$1" ] || die "$2 DIR is needed: $3"
+    [ -d "$1" ] || die "$2 $1: not a directory ($3)"
+}
+
+step() { # step NAME COMMAND...: run one stage, or stop the script with a line that says where
+    echo "== $SCRIPT: $1" >&2
+    local name=$1 status=0
+    shift
+    "$@" || status=$?
+    if ((status)); then
+        echo "$SCRIPT: stopped at '$name' (exit $status), error above. Fix it and rerun: finished stages are skipped." >&2
+        exit "$status"
+    fi
+}
+
+data_dir() { # data_dir DATASET: where a dataset's extract/landmarks/shards go
+    case $1 in
+        ffpp) echo "$FFPP_DIR" ;;
+        celebdf) echo "$WORK/celebdf" ;;
+        dfd) echo "$WORK/dfd-$COMP" ;;
+    esac
+}
+
+extract_command() { # extract_command DATASET: sets EXTRACT_CMD, the extract every script and job runs
+    local source
+    case $1 in
+        ffpp)
+            need_dir "${FFPP_ROOT:-}" --ffpp "the FaceForensics++ root"
+            local splits=${FFPP_SPLITS:-$FFPP_ROOT/splits}
+            need_dir "$splits" --ffpp-splits "the official train/val/test.json (see docs/datasets.md)"
+            source=("$FFPP_ROOT" --dataset ffpp --compression "$COMP" --methods "$PAPER_METHODS" --splits "$splits")
+            ;;
+        celebdf)
+            need_dir "${CELEBDF_ROOT:-}" --celebdf "the Celeb-DF-v2 root"
+            # Only its 518 official test videos are ever scored.
+            source=("$CELEBDF_ROOT" --dataset celebdf --keep-splits test)
+            ;;
+        dfd)
+            need_dir "${DFD_ROOT:-${FFPP_ROOT:-}}" --dfd "the DFD root (by default the FF++ root)"
+            source=("${DFD_ROOT:-$FFPP_ROOT}" --dataset dfd --compression "$COMP")
+            ;;
+        *) die "unknown dataset '$1'" ;;
+    esac
+    EXTRACT_CMD=(lrerr-tools extract "${source[@]}" --out "$(data_dir "$1")/extract" --frames "$FRAMES"
+        --jobs "$JOBS" "${EXTRACT_EXTRA[@]}")
+}
+
+after_extract() { # after_extract DATASET: landmarks and shards of an extracted dataset
+    local dir
+    dir=$(data_dir "$1")
+    step "landmarks $1" lrerr-tools landmarks "$dir/extract" --out "$dir/landmarks" --jobs "$JOBS" \
+        "${LANDMARKS_EXTRA[@]}"
+    step "shard $1" lrerr-tools shard "$dir/landmarks" --out "$dir/shards" --jobs "$JOBS" "${SHARD_EXTRA[@]}"
+}
+
+prepare() { # prepare DATASET: extract, landmarks and shards
+    extract_command "$1"
+    step "extract $1" "${EXTRACT_CMD[@]}"
+    after_extract "$1"
+}
+
+train_mae() { # the MAE on FF++'s real train faces, unless MAE names a finished run
+    if [ -n "${MAE:-}" ]; then
+        echo "== $SCRIPT: using the MAE run $MAE" >&2
+        return
+    fi
+    local cap=()
+    [ -z "$MAE_STEPS" ] || cap=(--max-steps "$MAE_STEPS")
+    step train-mae "${LAUNCH[@]}" train-mae "$FFPP_DIR/shards" --out "$MAE_DIR" --preset "$MAE_PRESET" \
+        --epochs "$MAE_EPOCHS" "${cap[@]}" --batch-size "$BATCH" --workers "$WORKERS" --resume "${MAE_EXTRA[@]}"
+}
+
+train_det() { # train_det RUN DETECTOR [FAKE_METHODS]: a detector on FF++ train, in ffpp-<comp>/det/RUN
+    local options=(--method "$2")
+    [ "$2" = xception ] || options+=(--mae "$MAE_DIR")
+    [ -z "${3:-}" ] || options+=(--methods "$3")
+    if [ "$PRETRAINED" = 1 ]; then options+=(--pretrained); else options+=(--no-pretrained); fi
+    step "train-det $1" "${LAUNCH[@]}" train-det "$FFPP_DIR/shards" --out "$FFPP_DIR/det/$1" "${options[@]}" \
+        --epochs "$DET_EPOCHS" --iters-per-epoch "$DET_ITERS" --batch-size "$BATCH" --workers "$WORKERS" \
+        --resume "${DET_EXTRA[@]}"
+}
+
+score_dir() { # score_dir RUN DATASET COMP: where `score` puts RUN (trained at COMP) on DATASET
+    local test=$2-$3
+    [ "$2" != celebdf ] || test=celebdf
+    echo "$WORK/ffpp-$3/score/$1/$test"
+}
+
+SCORED=()
+score() { # score RUN DATASET: the detector RUN on DATASET's test split
+    local out
+    out=$(score_dir "$1" "$2" "$COMP")
+    step "score $1 on $2" lrerr-tools score "$(data_dir "$2")/shards" --detector "$FFPP_DIR/det/$1" \
+        --out "$out" --batch-size "$BATCH" --workers "$WORKERS" "${SCORE_EXTRA[@]}"
+    SCORED+=("$1 $2")
+}
+
+report() { # report TABLE: the tables this script's scores fill, in WORK/reports/TABLE.md
+    local dirs=() comp scored path
+    # The same runs at the other compression join the table once they exist, filling its columns.
+    for comp in c23 c40; do
+        for scored in "${SCORED[@]}"; do
+            path=$(score_dir $scored "$comp") # $scored is "RUN DATASET"
+            if [ -f "$path/metrics.json" ]; then dirs+=("$path"); fi
+        done
+    done
+    mkdir -p "$WORK/reports"
+    step "report $1" lrerr-tools report "${dirs[@]}" --out "$WORK/reports/$1.md"
+    echo
+    cat "$WORK/reports/$1.md"
+}
+
+cross_dataset_scores() { # each of DETECTORS trained on all of FF++, scored on FF++, Celeb-DF-v2 and DFD
+    local dataset detector
+    for dataset in ffpp celebdf dfd; do
+        extract_command "$dataset" # a missing root stops the script now, not after hours of FF++
+    done
+    for dataset in ffpp celebdf dfd; do
+        prepare "$dataset"
+    done
+    train_mae
+    for detector in $DETECTORS; do
+        train_det "$detector" "$detector"
+        for dataset in ffpp celebdf dfd; do
+            score "$detector" "$dataset"
+        done
+    done
+}

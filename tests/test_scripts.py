@@ -1,0 +1,172 @@
+"""The protocol scripts end to end on the synthetic samples with tiny settings, sharing one
+work directory as users would: each builds on what the scripts before it finished.
+
+timm's test_resnet stands in for Xception to keep the ~10 detectors fast on CPU; everything
+else (extract, landmarks, shards, the MAE, training, scoring, the report) runs for real.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lrerr_tools.synth import make_celebdf_sample, make_ffpp_sample
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+TINY = {"PROFILE": "tiny", "FRAMES": "2", "DET_ARGS": "--backbone test_resnet --attn-layers layer1,layer2"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("protocols")
+    ffpp = make_ffpp_sample(root / "ffpp", n_frames=12, size=(160, 120))
+    celebdf = make_celebdf_sample(root / "celebdf", n_frames=12, size=(160, 120))
+    return {"root": root, "ffpp": ffpp, "celebdf": celebdf, "work": root / "work"}
+
+
+def run_script(name: str, data: dict, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = ["bash", str(SCRIPTS / name), "--ffpp", str(data["ffpp"]), "--celebdf", str(data["celebdf"]),
+               "--work", str(data["work"]), *args]
+    environ = {**os.environ, **TINY, **(env or {})}
+    environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environ['PATH']}"
+    return subprocess.run(command, capture_output=True, text=True, env=environ, cwd=data["root"], timeout=600)
+
+
+def check(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def table(data: dict, report: str, key: str) -> dict[tuple[str, ...], dict[str, str]]:
+    """A report table's CSV as {row label cells: {column: value}}."""
+    with open(data["work"] / "reports" / f"{report}.{key}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = [c for c in rows[0] if c in ("Detector", "Train", "Comp", "Train comp")]
+    return {tuple(row[c] for c in labels): {c: v for c, v in row.items() if c not in labels} for row in rows}
+
+
+def percent(value: str) -> float:
+    number = float(value)
+    assert 0 <= number <= 100
+    return number
+
+
+def stage_hashes(work: Path) -> dict[str, str]:
+    return {str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(work.rglob("manifest.json"))}
+
+
+def test_ffpp_fills_table_one(data):
+    check(run_script("ffpp.sh", data))
+    rows = table(data, "in-dataset", "in-dataset")
+    lrerr = rows[("LRErr",)]
+    percent(lrerr["c23 Acc"]), percent(lrerr["c23 AUC"])
+    assert lrerr["c40 AUC"] == "" and rows[("Xception",)]["c23 AUC"] == ""
+    ffpp = data["work"] / "ffpp-c23"
+    assert {p.name for p in ffpp.iterdir()} == {"extract", "landmarks", "shards", "mae", "det", "score"}
+    extract = json.loads((ffpp / "extract" / "manifest.json").read_text())
+    assert extract["config"]["methods"] == ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+
+
+def test_a_rerun_skips_every_finished_stage(data):
+    before = stage_hashes(data["work"])
+    output = check(run_script("ffpp.sh", data))
+    assert stage_hashes(data["work"]) == before
+    assert "complete — nothing to do" in output and "epoch 1/1" not in output
+
+
+def test_the_first_failing_stage_stops_the_script(data):
+    result = run_script("ffpp.sh", data, env={"FRAMES": "3"})
+    assert result.returncode == 2
+    assert "error: --out" in result.stderr and "made with another config (differs in frames)" in result.stderr
+    assert "ffpp.sh: stopped at 'extract ffpp' (exit 2)" in result.stderr
+    assert "== ffpp.sh: landmarks" not in result.stderr
+
+
+def test_cross_manip_fills_table_two(data):
+    check(run_script("cross_manip.sh", data))
+    rows = table(data, "cross-manipulation", "cross-manipulation")
+    assert sorted(rows) == sorted(("LRErr", train, "c23") for train in ("DF", "F2F", "FS", "NT"))
+    for cells in rows.values():
+        assert list(cells) == ["DF", "F2F", "FS", "NT", "Avg"]
+        values = [percent(v) for v in cells.values()]
+        assert values[-1] == pytest.approx(sum(values[:-1]) / 4, abs=0.01)
+    det = json.loads((data["work"] / "ffpp-c23" / "det" / "lrerr-FaceSwap" / "manifest.json").read_text())
+    assert det["extra"]["train_data"]["methods"] == ["FaceSwap"]
+
+
+def test_gid_fills_table_three(data):
+    check(run_script("gid.sh", data))
+    cells = table(data, "leave-one-out", "leave-one-out")[("LRErr",)]
+    for target in ("DF", "F2F"):
+        percent(cells[f"GID-{target} c23 Acc"]), percent(cells[f"GID-{target} c23 AUC"])
+        assert cells[f"GID-{target} c40 AUC"] == ""
+    det = json.loads((data["work"] / "ffpp-c23" / "det" / "lrerr-gid-Deepfakes" / "manifest.json")
+                     .read_text())
+    assert det["extra"]["train_data"]["methods"] == ["Face2Face", "FaceSwap", "NeuralTextures"]
+
+
+def test_cross_dataset_fills_table_four_and_reuses_the_ffpp_detector(data):
+    detector = data["work"] / "ffpp-c23" / "det" / "lrerr"
+    trained = (detector / "checkpoints" / "best.pt").stat().st_mtime_ns
+    check(run_script("cross_dataset.sh", data))
+    assert (detector / "checkpoints" / "best.pt").stat().st_mtime_ns == trained
+    cells = table(data, "cross-dataset", "cross-dataset")[("LRErr", "c23")]
+    assert [percent(cells[c]) for c in ("FF++", "Celeb-DF-v2", "DFD")]
+    # Only Celeb-DF-v2's listed test videos are extracted.
+    records = (data["work"] / "celebdf" / "extract" / "records.jsonl").read_text().splitlines()
+    assert {json.loads(r)["split"] for r in records} == {"test"}
+
+
+def test_ablation_fills_table_five(data):
+    check(run_script("ablation.sh", data))
+    rows = table(data, "ablation", "ablation")
+    assert list(rows) == [("Xception", "c23"), ("LRErr", "c23"), ("LRErr − Xception", "c23")]
+    base, lrerr, gain = rows.values()
+    for dataset in ("Celeb-DF-v2", "DFD"):
+        difference = percent(lrerr[dataset]) - percent(base[dataset])
+        assert float(gain[dataset]) == pytest.approx(difference, abs=0.02)
+
+
+def test_slurm_array_parts_merge_to_what_the_scripts_extract(data):
+    """Three array tasks and the final job give the same records and config as the single
+    extract ffpp.sh ran, so the protocol scripts take the result as their own."""
+    work = data["root"] / "slurm-work"
+    env = {"PATH": f"{REPO / 'tests' / 'fake_slurm'}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_SBATCH_LOG": str(data["root"] / "sbatch.log")}
+    output = check(run_script("slurm_extract.sh", {**data, "work": work}, "--dataset", "ffpp", "--parts", "3",
+                              env=env))
+    assert "submitted: array job 1 (3 extract parts), then job 2 (merge, landmarks, shard)" in output
+    calls = [json.loads(line) for line in (data["root"] / "sbatch.log").read_text().splitlines()]
+    assert calls[0]["--array"] == "1-3" and calls[1]["--dependency"] == "afterok:1"
+    single, merged = (w / "ffpp-c23" / "extract" for w in (data["work"], work))
+    assert (merged / "records.jsonl").read_bytes() == (single / "records.jsonl").read_bytes()
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (single, merged)]
+    assert manifests[0]["config"] == manifests[1]["config"] and manifests[1]["complete"]
+    assert (work / "ffpp-c23" / "shards" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--comp", "c99"], "--comp must be c23 or c40 (got 'c99')"),
+    (["--bogus"], "unknown argument '--bogus' (see --help)"),
+    (["--profile", "huge"], "--profile must be paper or tiny (got 'huge')"),
+])
+def test_bad_arguments_are_one_line_errors(data, args, message):
+    result = run_script("gid.sh", data, *args)
+    assert result.returncode == 2 and result.stderr.strip() == f"gid.sh: {message}"
+
+
+def test_a_missing_dataset_root_is_named(data, tmp_path):
+    result = run_script("cross_dataset.sh", {**data, "celebdf": tmp_path / "nowhere"})
+    assert result.returncode == 2
+    missing = tmp_path / "nowhere"
+    assert result.stderr.strip() == (f"cross_dataset.sh: --celebdf {missing}: not a directory "
+                                     "(the Celeb-DF-v2 root)")
