@@ -4,7 +4,7 @@ epoch log and a stop on a non-finite loss.
 
 Exact resume rests on one rule: nothing random is carried from step to step except what a
 checkpoint holds. The sample order of an epoch comes from (seed, epoch) through
-`epoch_sampler`, masks and other draws from `seeded_generator(seed, epoch, rank, ...)`, and
+`epoch_sampler`, masks and other draws from `seeded_generator(seed, stream, epoch, rank, ...)`, and
 checkpoints are taken at epoch ends with the weights, optimizer, scheduler, scaler and RNGs.
 """
 

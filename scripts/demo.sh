@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The demo: write a small FF++-layout sample made from scikit-image's astronaut, then run the
-# whole pipeline on it with tiny settings: the protocol scripts' steps, LRErr and the Xception
-# baseline side by side (Table V's comparison, on FF++ itself).
+# whole pipeline on it with tiny settings: the protocol scripts' steps, with LRErr and the
+# Xception baseline side by side (Table I's two rows).
 #
 #   scripts/demo.sh [WORK]      (default demo-out; `make demo` runs it)
 #
 # Rerunning resumes: finished stages are skipped by their manifests.
 
 source "$(dirname "$0")/lib.sh"
+case ${1:-} in
+    -h | --help) usage && exit 0 ;;
+    -*) die "unknown argument '$1' (the one argument is the work directory)" ;;
+esac
 work=${1:-demo-out}
 # A tiny MAE for 2 short epochs and 10 detector steps from random weights (nothing is
 # downloaded): enough to see every stage work, not to learn faces.

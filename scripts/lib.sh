@@ -10,7 +10,7 @@
 #   ffpp-<comp>/det/<run>                          detectors trained on it
 #   ffpp-<comp>/score/<run>/<test data>            each detector scored on a test set
 #   celebdf/, dfd-<comp>/                          test-only data for cross-dataset scoring
-#   reports/<table>.md (+ .csv)                    the paper's tables
+#   reports/<name>.md, <name>.<table>.csv          the paper's tables these scores fill
 
 set -euo pipefail
 

@@ -211,6 +211,11 @@ def test_dfd_lists_actors_and_deepfakedetection_all_as_test(tmp_path):
     assert {(v.split, v.dataset, v.compression) for v in listing.videos} == {("test", "dfd", "c23")}
 
 
+def test_ffpp_refuses_deepfakedetection_by_name(tmp_path):
+    with pytest.raises(LrerrError, match="DeepFakeDetection is the DFD dataset: extract it with --dataset "):
+        list_videos("ffpp", make_ffpp(tmp_path), methods=["Deepfakes", "DeepFakeDetection"])
+
+
 # --- Celeb-DF ---------------------------------------------------------------------------
 
 

@@ -93,6 +93,10 @@ def _select_methods(manipulated_dir: Path, methods: list[str] | None) -> list[st
     available = sorted(p.name for p in folders if p.is_dir() and not p.name.startswith("."))
     if methods is None:
         return [method for method in available if method != DFD_METHOD]
+    if DFD_METHOD in methods:
+        # Its videos are named by actor and scene, not by FF++ pair: they would all fall
+        # outside the split lists.
+        raise LrerrError(f"{DFD_METHOD} is the DFD dataset: extract it with --dataset dfd")
     # The reals are always listed, so naming them is allowed but selects nothing extra.
     unknown = [m for m in methods if m not in available and m != REAL_METHOD]
     if unknown:
