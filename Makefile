@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_shards.py
 	$(PY) benchmarks/bench_train.py mae
+	$(PY) benchmarks/bench_train.py det
+	$(PY) benchmarks/bench_scripts.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
