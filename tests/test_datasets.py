@@ -211,6 +211,18 @@ def test_dfd_lists_actors_and_deepfakedetection_all_as_test(tmp_path):
     assert {(v.split, v.dataset, v.compression) for v in listing.videos} == {("test", "dfd", "c23")}
 
 
+@pytest.mark.parametrize(("dataset", "make", "option", "message"), [
+    ("dfd", make_ffpp, {"methods": ["Deepfakes"]}, "dfd has none to choose from"),
+    ("celebdf", make_celebdf, {"methods": ["Celeb-synthesis"]}, "celebdf has none to choose from"),
+    ("dfd", make_ffpp, {"splits": "splits"}, "--splits does not apply to dfd"),
+])
+def test_option_a_dataset_cannot_honour_is_refused_not_ignored(tmp_path, dataset, make, option, message):
+    make(tmp_path)
+
+    with pytest.raises(LrerrError, match=message):
+        list_videos(dataset, tmp_path, **option)
+
+
 def test_ffpp_refuses_deepfakedetection_by_name(tmp_path):
     with pytest.raises(LrerrError, match="DeepFakeDetection is the DFD dataset: extract it with --dataset "):
         list_videos("ffpp", make_ffpp(tmp_path), methods=["Deepfakes", "DeepFakeDetection"])

@@ -38,6 +38,10 @@ _LAYOUTS = {
 }
 # Only the FF++-layout datasets come in several compression levels.
 _COMPRESSED = ("ffpp", "dfd")
+# An option a dataset has no use for is refused rather than ignored, so that a user who
+# asked for one method of Celeb-DF, or for official splits of DFD, does not get all of it.
+_TAKES_METHODS = ("ffpp",)
+_TAKES_SPLITS = ("ffpp", "celebdf", "folder")
 
 
 def list_videos(
@@ -56,6 +60,11 @@ def list_videos(
         raise LrerrError(f"dataset root not found: {root}")
     if not root.is_dir():
         raise LrerrError(f"dataset root is not a folder: {root}")
+    if methods and dataset not in _TAKES_METHODS:
+        raise LrerrError(f"--methods selects FF++ fake methods; {dataset} has none to choose from")
+    if splits is not None and dataset not in _TAKES_SPLITS:
+        raise LrerrError(f"--splits does not apply to {dataset}: it has no official split, "
+                         "every video is test")
 
     listing = ADAPTERS[dataset](root, compression=compression, methods=methods, splits=splits)
     check_no_split_leak(listing.videos)
