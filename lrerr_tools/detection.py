@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -60,7 +61,8 @@ class RetinaFaceOnnx:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
-        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        if use_cuda:
+            _require_ort_cuda()
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(WEIGHTS, options, providers=providers)
         self.threshold = threshold
@@ -133,11 +135,7 @@ class FacexlibRetinaFace:
 
     def __init__(self, weights: str | None, threshold: float = 0.8, max_side: int = 640,
                  device: str = "cpu", network: str = "resnet50"):
-        if not weights or not os.path.isfile(weights):
-            raise LrerrError(
-                f"detector {self.name} needs its weights file (detection_Resnet50_Final.pth from "
-                f"facexlib's releases): pass --detector-weights PATH (got {weights or 'none'})"
-            )
+        _require_weights(weights)
         import torch
         from facexlib.detection.retinaface import RetinaFace
 
@@ -172,6 +170,42 @@ class FacexlibRetinaFace:
                      for row, pts in zip(b.reshape(-1, 5), lm.reshape(-1, 10))]
             results.append(sorted(faces, key=lambda f: -f.score))
         return results
+
+
+def check_detector(name: str, weights: str | None, device: str) -> None:
+    """Fail before any video is opened when `name` cannot run on `device` or lacks weights:
+    the detector itself is only built inside each worker."""
+    if name == "retinaface-resnet50":
+        _require_weights(weights)
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise LrerrError(f"--device must be cpu, cuda or cuda:N (got {device!r})")
+    if name == "retinaface-mnet":
+        _require_ort_cuda()
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise LrerrError(f"--device {device}: no CUDA device is available (torch {torch.__version__})"
+                         " — use --device cpu")
+
+
+def _require_weights(weights: str | None) -> None:
+    if not weights or not os.path.isfile(weights):
+        raise LrerrError(
+            "detector retinaface-resnet50 needs its weights file (detection_Resnet50_Final.pth from "
+            f"facexlib's releases): pass --detector-weights PATH (got {weights or 'none'})"
+        )
+
+
+def _require_ort_cuda() -> None:
+    # Falling back to the CPU would quietly turn a GPU job into a CPU job many times slower.
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise LrerrError("--device cuda with retinaface-mnet needs onnxruntime's CUDA provider "
+                         "(install onnxruntime-gpu in place of onnxruntime) — or use --device cpu")
 
 
 def make_detector(name: str, *, weights: str | None = None, threshold: float = 0.8,

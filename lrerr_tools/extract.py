@@ -31,7 +31,7 @@ from lrerr_tools.alignment import align_face
 from lrerr_tools.atomic_io import atomic_write_json
 from lrerr_tools.datasets import ADAPTERS, VideoRecord, list_videos
 from lrerr_tools.datasets.base import SPLITS, UNASSIGNED
-from lrerr_tools.detection import DETECTORS, Face, make_detector
+from lrerr_tools.detection import DETECTORS, Face, check_detector, make_detector
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.face_choice import POLICIES, choose_face
 from lrerr_tools.manifest import Manifest, write_stage
@@ -106,6 +106,7 @@ class ExtractConfig:
         if not 0.0 <= self.margin <= 2.0:
             raise LrerrError(f"--margin must be between 0 and 2 (got {self.margin})")
         parse_part(self.part)
+        check_detector(self.detector, self.detector_weights, self.device)
         unknown = sorted(set(self.keep_splits or ()) - {*SPLITS, UNASSIGNED})
         if unknown:
             raise LrerrError(f"--keep-splits: unknown split {', '.join(unknown)} "

@@ -366,6 +366,27 @@ def test_bad_part_on_the_command_line_is_one_error_line(one_video_root, tmp_path
     assert not out.exists()
 
 
+@pytest.fixture
+def cpu_only_onnxruntime(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--device", "cuda"], "needs onnxruntime's CUDA provider"),
+    (["--device", "gpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--detector", "retinaface-resnet50"], "pass --detector-weights PATH"),
+])
+def test_a_detector_that_cannot_run_is_refused_before_any_output(one_video_root, tmp_path,
+                                                                 cpu_only_onnxruntime, options, message):
+    # Asking for the GPU and silently getting the CPU would be a surprise measured in days.
+    out = tmp_path / "extract"
+    result = invoke("extract", one_video_root, "--dataset", "folder", "--out", out, *options)
+    assert_one_error_line(result, message)
+    assert not out.exists()
+
+
 # --- the output directory --------------------------------------------------------------------
 
 
