@@ -110,17 +110,7 @@ def test_unknown_layer_names_the_valid_ones(models):
         FeatureTaps(hooked, ["head"])(torch.randn(1, 3, 8, 8))
 
 
-@pytest.fixture
-def one_thread():
-    # Small inputs gain nothing from intra-op threads, and on a 2-core machine with one core
-    # busy elsewhere, OpenMP's spinning made a 32 px Xception forward take 2.7 s, not 0.05 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_legacy_xception_layers(one_thread):
+def test_legacy_xception_layers(one_torch_thread):
     backbone = make_backbone("legacy_xception", pretrained=False)
     assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
     extractor = backbone.model.eval()

@@ -15,17 +15,11 @@ from lrerr_tools.manifest import read_manifest, schema
 from lrerr_tools.score import ScoreConfig, run
 from lrerr_tools.verify import verify
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # The shared shards' test split: 2 real videos (youtube/...), 2 Deepfakes and 2 FaceSwap
 # fakes made from the same pairs, so "Deepfakes/X" and "FaceSwap/X" share a bare id X.
 # 4 frames each, but 2 FaceSwap faces have no landmarks: 22 frames.
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_shard import built, shared_png_shards
+from test_train_mae import stop_before_epoch
 from typer.testing import CliRunner
 
 import lrerr_tools.detector.train as train_module
@@ -25,6 +26,8 @@ from lrerr_tools.manifest import read_manifest
 from lrerr_tools.normalization import mae_to, normalize_uint8
 from lrerr_tools.training import load_checkpoint
 from lrerr_tools.verify import verify
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # timm's 0.4M-parameter test_resnet stands in for Xception (20M) to keep CPU steps fast:
 # layer1 and layer2 give 56 and 28 px maps at 224. 22 train faces (8 real, 14 fake).
@@ -73,15 +76,6 @@ def shards(ffpp_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def mae(ffpp_root, tmp_path_factory):
     return shared_mae(ffpp_root, tmp_path_factory)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two test processes with two threads each make CPU ops crawl on a 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_log(path):
@@ -188,22 +182,10 @@ def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shard
     assert not all(torch.equal(backbone[k], extractor[k]) for k in backbone)
 
 
-def stop_before_epoch(monkeypatch, epoch):
-    """Make the run die (as if killed) when it starts epoch `epoch` (1-based)."""
-    real = train_module._Trainer.train_epoch
-
-    def train_epoch(self):
-        if self.epoch + 1 == epoch:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(train_module._Trainer, "train_epoch", train_epoch)
-
-
 def test_resume_after_a_kill_equals_an_uninterrupted_run(shards, mae, tmp_path, monkeypatch):
     settings = dict(mae=mae, epochs=2)
     train_module.run(config(shards, tmp_path / "straight", **settings))
-    stop_before_epoch(monkeypatch, 2)
+    stop_before_epoch(monkeypatch, 2, train_module._Trainer)
     with pytest.raises(KeyboardInterrupt):
         train_module.run(config(shards, tmp_path / "resumed", **settings))
     monkeypatch.undo()
@@ -235,7 +217,7 @@ def test_a_changed_mae_is_refused_at_resume_and_at_score(shards, mae, tmp_path, 
     original = (own_mae / "manifest.json").read_bytes()
     out = tmp_path / "run"
     settings = dict(mae=own_mae, epochs=2, iters_per_epoch=1)
-    stop_before_epoch(monkeypatch, 2)
+    stop_before_epoch(monkeypatch, 2, train_module._Trainer)
     with pytest.raises(KeyboardInterrupt):
         train_module.run(config(shards, out, **settings))
     monkeypatch.undo()

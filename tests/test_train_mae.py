@@ -48,16 +48,16 @@ def finished(shards, tmp_path_factory):
     return out
 
 
-def stop_before_epoch(monkeypatch, epoch):
-    """Make the run die (as if killed) when it starts epoch `epoch` (1-based)."""
-    real = train_module._Trainer.train_epoch
+def stop_before_epoch(monkeypatch, epoch, trainer=train_module._Trainer):
+    """Make runs of `trainer` die (as if killed) when they start epoch `epoch` (1-based)."""
+    real = trainer.train_epoch
 
     def train_epoch(self):
         if self.epoch + 1 == epoch:
             raise KeyboardInterrupt
         return real(self)
 
-    monkeypatch.setattr(train_module._Trainer, "train_epoch", train_epoch)
+    monkeypatch.setattr(trainer, "train_epoch", train_epoch)
 
 
 @pytest.fixture(scope="module")
