@@ -71,15 +71,21 @@ def read_manifest(stage_dir: str | Path) -> Manifest:
     path = Path(stage_dir) / MANIFEST_FILE
     if not path.is_file():
         raise LrerrError(f"{stage_dir}: no {MANIFEST_FILE} — is this a stage output directory?")
+    return Manifest(**read_checked_json(path, "manifest"))
+
+
+def read_checked_json(path: Path, schema_name: str) -> dict:
+    """`path` parsed and checked against schemas/<schema_name>; a hand-edited or truncated
+    file is one LrerrError naming the file and the first field that is wrong."""
     try:
         data = json.loads(path.read_text())
-        jsonschema.validate(data, schema("manifest"))
+        jsonschema.validate(data, schema(schema_name))
     except json.JSONDecodeError as e:
         raise LrerrError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except jsonschema.ValidationError as e:
         where = "/".join(map(str, e.absolute_path)) or "top level"
-        raise LrerrError(f"{path}: invalid manifest at {where}: {e.message}") from None
-    return Manifest(**data)
+        raise LrerrError(f"{path}: invalid {schema_name} at {where}: {e.message}") from None
+    return data
 
 
 def iter_records(stage_dir: str | Path) -> Iterator[dict]:

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jsonschema
-
 from lrerr_tools.atomic_io import atomic_write_bytes
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import schema
+from lrerr_tools.manifest import read_checked_json
 from lrerr_tools.metrics import LEVELS
 
 METRICS_FILE = "metrics.json"
@@ -60,15 +57,7 @@ def load_run(score_dir: str | Path) -> Run:
     path = Path(score_dir) / METRICS_FILE
     if not path.is_file():
         raise LrerrError(f"{score_dir}: no {METRICS_FILE} — is this a score directory?")
-    try:
-        metrics = json.loads(path.read_text())
-        jsonschema.validate(metrics, schema("metrics"))
-    except json.JSONDecodeError as e:
-        raise LrerrError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    except jsonschema.ValidationError as e:
-        where = "/".join(map(str, e.absolute_path)) or "top level"
-        raise LrerrError(f"{path}: invalid metrics at {where}: {e.message}") from None
-    return Run(Path(score_dir), metrics)
+    return Run(Path(score_dir), read_checked_json(path, "metrics"))
 
 
 @dataclass
