@@ -63,7 +63,9 @@ def write_stage(out_dir: str | Path, manifest: Manifest, records: Iterable[dict]
     manifest with old records, because the manifest is renamed into place last."""
     out_dir = Path(out_dir)
     manifest.records_sha256 = atomic_write_jsonl(out_dir / RECORDS_FILE, records)
-    atomic_write_json(out_dir / MANIFEST_FILE, asdict(manifest))
+    # Unsorted: the counts keep the order the stage gave them, which reads as a summary
+    # (videos, then frames, then failures) when a finished stage prints them again.
+    atomic_write_json(out_dir / MANIFEST_FILE, asdict(manifest), sort_keys=False)
     return manifest
 
 

@@ -67,6 +67,19 @@ def test_rerun_with_same_config_skips_everything_and_keeps_the_manifest(single_r
     assert (out / "manifest.json").read_bytes() == before  # later stages stay valid
 
 
+def test_a_finished_extract_prints_its_counts_in_the_order_of_the_first_run(single_run, ffpp_root):
+    from typer.testing import CliRunner
+
+    from lrerr_tools.cli import app
+
+    out, manifest = single_run
+    result = CliRunner().invoke(app, ["extract", str(ffpp_root), "--dataset", "ffpp", "--out", str(out),
+                                      "--splits", str(ffpp_root / "splits"), "--frames", "4"])
+    assert result.exit_code == 0, result.output
+    printed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert printed == list(manifest.counts)  # videos first, as the stage computed them
+
+
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(
         single_run, extract_config, monkeypatch):
     reference, _ = single_run
