@@ -7,6 +7,7 @@ changed since it was written. The JSON Schemas in `manifests/` define both files
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -90,6 +91,14 @@ def read_checked_json(path: Path, schema_name: str) -> dict:
     return data
 
 
+def content_sha256(manifest: Manifest) -> str:
+    """The hash a child records of its parent: the whole manifest (config, parent, counts,
+    the records' hash) except when it was written, so a stage rebuilt to the same records,
+    say after its directory was deleted, leaves the stages built on it valid."""
+    content = {k: v for k, v in asdict(manifest).items() if k != "created"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def iter_records(stage_dir: str | Path) -> Iterator[dict]:
     path = Path(stage_dir) / RECORDS_FILE
     with open(path) as f:
@@ -118,7 +127,7 @@ def open_parent(stage_dir: str | Path, stage: str) -> StageDir:
     records = stage_dir / RECORDS_FILE
     if not records.is_file() or sha256_file(records) != manifest.records_sha256:
         raise LrerrError(f"{records}: changed or missing since its manifest was written")
-    return StageDir(stage_dir, manifest, sha256_file(stage_dir / MANIFEST_FILE))
+    return StageDir(stage_dir, manifest, content_sha256(manifest))
 
 
 def check_parent_unchanged(manifest: Manifest) -> None:
@@ -129,7 +138,7 @@ def check_parent_unchanged(manifest: Manifest) -> None:
     path = Path(parent["path"]) / MANIFEST_FILE
     if not path.is_file():
         raise LrerrError(f"{manifest.stage} input {parent['path']} is gone")
-    if sha256_file(path) != parent["sha256"]:
+    if content_sha256(read_manifest(path.parent)) != parent["sha256"]:
         raise LrerrError(
             f"{parent['path']}: changed after the '{manifest.stage}' stage was built on it "
             "(content hash differs) — rerun that stage"

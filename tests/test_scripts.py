@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,17 @@ def test_a_rerun_skips_every_finished_stage(data):
     output = check(run_script("ffpp.sh", data))
     assert stage_hashes(data["work"]) == before
     assert "complete — nothing to do" in output and "epoch 1/1" not in output
+
+
+def test_shards_deleted_and_rebuilt_keep_the_trained_models(data):
+    # Users delete shards to free disk; rebuilding them must not force a retrained MAE.
+    before = stage_hashes(data["work"])
+    shutil.rmtree(data["work"] / "ffpp-c23" / "shards")
+    output = check(run_script("ffpp.sh", data))
+    after = stage_hashes(data["work"])
+    assert "epoch 1/1" not in output
+    del before["ffpp-c23/shards/manifest.json"], after["ffpp-c23/shards/manifest.json"]
+    assert after == before
 
 
 def test_the_first_failing_stage_stops_the_script(data):

@@ -14,7 +14,7 @@ from test_train_mae import stop_before_epoch
 from typer.testing import CliRunner
 
 import lrerr_tools.detector.train as train_module
-from lrerr_tools.atomic_io import atomic_write_json, sha256_file
+from lrerr_tools.atomic_io import atomic_write_json
 from lrerr_tools.attention import AttentionInjector, FeatureTaps, local_difference_attention, make_backbone
 from lrerr_tools.cli import app
 from lrerr_tools.detector.checkpoint import load_detector
@@ -22,7 +22,7 @@ from lrerr_tools.detector.reconstruction import Reconstructor
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.train import MaeTrainConfig
 from lrerr_tools.mae.train import run as run_mae
-from lrerr_tools.manifest import read_manifest
+from lrerr_tools.manifest import content_sha256, read_manifest
 from lrerr_tools.normalization import mae_to, normalize_uint8
 from lrerr_tools.training import load_checkpoint
 from lrerr_tools.verify import verify
@@ -87,7 +87,7 @@ def test_the_baseline_trains_without_an_mae(ffpp_root, tmp_path_factory, shards)
     out = shared_detector("xception", ffpp_root, tmp_path_factory)
     manifest = read_manifest(out)
     assert manifest.stage == "train-det" and manifest.complete
-    assert manifest.parent["sha256"] == sha256_file(shards / "manifest.json")
+    assert manifest.parent["sha256"] == content_sha256(read_manifest(shards))
     assert manifest.counts == {"epochs": 1, "steps": 2, "train_real": 8, "train_fake": 14, "val_real": 8,
                                "val_fake": 14}
     assert manifest.extra["mae"] is None and manifest.extra["method"] == "xception"
@@ -107,7 +107,7 @@ def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_
     runs = {m: shared_detector(m, ffpp_root, tmp_path_factory) for m in ("lrerr", "xception")}
     lrerr, base = read_manifest(runs["lrerr"]), read_manifest(runs["xception"])
     assert {k for k in lrerr.config if lrerr.config[k] != base.config[k]} == {"method", "mae", "out"}
-    assert lrerr.extra["mae"] == {"path": str(mae.resolve()), "sha256": sha256_file(mae / "manifest.json")}
+    assert lrerr.extra["mae"] == {"path": str(mae.resolve()), "sha256": content_sha256(read_manifest(mae))}
     for name in ("best.pt", "last.pt"):
         assert load_checkpoint(runs["lrerr"] / "checkpoints" / name)["extra"]["mae"] == lrerr.extra["mae"]
     # Same starting weights, same batches.
@@ -202,9 +202,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shards, mae, tmp_path, 
 
 
 def change(run_dir):
-    """Rewrite a stage's manifest as a rerun would (same records, another timestamp)."""
+    """Rewrite a run's manifest as a retraining with other data would (another count)."""
     manifest = read_manifest(run_dir)
-    manifest.created = "2000-01-01T00:00:00+00:00"
+    manifest.counts = {**manifest.counts, "train_images": manifest.counts["train_images"] + 1}
     atomic_write_json(run_dir / "manifest.json", asdict(manifest))
 
 

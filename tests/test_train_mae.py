@@ -12,12 +12,11 @@ from test_shard import shared_extract_dir, shared_landmarks_dir, shared_png_shar
 from typer.testing import CliRunner
 
 import lrerr_tools.mae.train as train_module
-from lrerr_tools.atomic_io import sha256_file
 from lrerr_tools.cli import app
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.checkpoint import load_mae
 from lrerr_tools.mae.model import MaskedAutoencoder
-from lrerr_tools.manifest import read_manifest
+from lrerr_tools.manifest import content_sha256, read_manifest
 from lrerr_tools.shard import ShardConfig
 from lrerr_tools.shard import run as run_shard
 from lrerr_tools.training import load_checkpoint
@@ -79,7 +78,7 @@ def read_log(path):
 def test_a_run_writes_manifest_log_checkpoints_and_grids(finished, shards):
     manifest = read_manifest(finished)
     assert manifest.stage == "train-mae" and manifest.complete
-    assert manifest.parent["sha256"] == sha256_file(shards / "manifest.json")
+    assert manifest.parent["sha256"] == content_sha256(read_manifest(shards))
     assert manifest.counts == {"epochs": 2, "steps": 4, "train_images": 8, "val_real": 8, "val_fake": 14}
     assert manifest.extra["masking"] == {"mask_ratio": 0.75, "key_mask_ratio": 0.9, "key_region": "dataset"}
     assert manifest.extra["key_patches"] == read_manifest(shards).extra["key_region"]["patches"]
@@ -100,7 +99,7 @@ def test_a_run_writes_manifest_log_checkpoints_and_grids(finished, shards):
 def test_load_mae_gives_a_frozen_model_and_what_to_record(finished):
     model, info = load_mae(finished)
     manifest = read_manifest(finished)
-    assert info.sha256 == sha256_file(finished / "manifest.json")
+    assert info.sha256 == content_sha256(read_manifest(finished))
     assert info.as_parent() == {"path": str(finished.resolve()), "sha256": info.sha256}
     assert info.epoch == manifest.extra["best"]["epoch"]
     assert info.masking.mask_ratio == 0.75 and info.key_patches == manifest.extra["key_patches"]
