@@ -109,7 +109,10 @@ step() { # step NAME COMMAND...: run one stage, or stop the script with a line t
     local name=$1 status=0
     shift
     "$@" || status=$?
-    if ((status)); then
+    if ((status == 130 || status == 143)); then # SIGINT, SIGTERM: there may be no error to read
+        echo "$SCRIPT: interrupted at '$name'. Rerun the same command to resume: finished stages are skipped." >&2
+        exit "$status"
+    elif ((status)); then
         echo "$SCRIPT: stopped at '$name' (exit $status), error above. Fix it and rerun: finished stages are skipped." >&2
         exit "$status"
     fi

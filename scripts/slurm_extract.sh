@@ -45,6 +45,8 @@ case $task in
         after_extract "$dataset"
         ;;
     "") # on the login node: check the settings, then submit
+        command -v sbatch >/dev/null ||
+            die "sbatch not found: run this on a Slurm login node (other schedulers: \"Several machines\" in docs/usage.md)"
         extract_command "$dataset"
         mkdir -p "$WORK"
         WORK=$(cd "$WORK" && pwd) # the jobs may start elsewhere

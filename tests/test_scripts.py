@@ -182,3 +182,26 @@ def test_a_missing_dataset_root_is_named(data, tmp_path):
     missing = tmp_path / "nowhere"
     assert result.stderr.strip() == (f"cross_dataset.sh: --celebdf {missing}: not a directory "
                                      "(the Celeb-DF-v2 root)")
+
+
+def test_slurm_without_sbatch_says_where_to_run_it(data, tmp_path):
+    work = tmp_path / "work"
+    result = run_script("slurm_extract.sh", {**data, "work": work}, "--dataset", "ffpp", "--parts", "2",
+                        env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("slurm_extract.sh: sbatch not found: run this on a Slurm login")
+    assert not work.exists()
+
+
+def test_an_interrupted_stage_says_rerun_to_resume(data, tmp_path):
+    # A stage killed by Ctrl-C or SIGTERM (exit 130 or 143) may print nothing: no "error above".
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "lrerr-tools").write_text("#!/bin/sh\nexit 130\n")
+    (fake / "lrerr-tools").chmod(0o755)
+    command = ["bash", str(SCRIPTS / "ffpp.sh"), "--ffpp", str(data["ffpp"]), "--work", str(tmp_path / "w")]
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 130
+    assert result.stderr.splitlines()[-1] == ("ffpp.sh: interrupted at 'extract ffpp'. Rerun the same "
+                                              "command to resume: finished stages are skipped.")
