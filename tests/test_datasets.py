@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -168,6 +169,16 @@ def test_ffpp_unknown_method_names_the_available_ones(tmp_path):
 
     with pytest.raises(LrerrError, match=r"NeuralTextures.*available: .*Deepfakes, .*FaceSwap"):
         list_videos("ffpp", tmp_path, methods=["FaceSwap", "NeuralTextures"])
+
+
+def test_methods_asked_of_a_root_without_any_name_the_expected_layout(tmp_path):
+    # e.g. --ffpp pointing one level too deep, or at the folder holding only the split lists
+    (tmp_path / "splits").mkdir()
+
+    root = re.escape(str(tmp_path))
+    with pytest.raises(LrerrError, match=rf"no FF\+\+ methods under .* is {root} the FF\+\+ root\? "
+                                         r"expected layout ROOT/original_sequences"):
+        list_videos("ffpp", tmp_path, methods=["Deepfakes"])
 
 
 def test_ffpp_real_in_pairs_of_two_splits_is_a_leak(tmp_path):

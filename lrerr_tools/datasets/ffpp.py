@@ -99,10 +99,14 @@ def _select_methods(manipulated_dir: Path, methods: list[str] | None) -> list[st
         raise LrerrError(f"{DFD_METHOD} is the DFD dataset: extract it with --dataset dfd")
     # The reals are always listed, so naming them is allowed but selects nothing extra.
     unknown = [m for m in methods if m not in available and m != REAL_METHOD]
+    if unknown and not available:
+        # Nothing at all where the methods should be: the root is wrong, not the names.
+        raise LrerrError(f"no FF++ methods under {manipulated_dir} — is {manipulated_dir.parent} the FF++ "
+                         f"root? expected layout {LAYOUT.format(comp='<comp>')}")
     if unknown:
         raise LrerrError(
             f"unknown FF++ method {', '.join(unknown)} under {manipulated_dir}; "
-            f"available: {', '.join(available) or 'none'}"
+            f"available: {', '.join(available)}"
         )
     return [method for method in dict.fromkeys(methods) if method != REAL_METHOD]
 
