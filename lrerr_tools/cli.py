@@ -88,9 +88,11 @@ def extract(
     device: Annotated[str, typer.Option(help="Detector device: cpu or cuda.")] = "cpu",
     overwrite: Annotated[bool, typer.Option(
         help="Discard an earlier output made with another config.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="Check the settings and the dataset, count the videos to extract; write nothing.")] = False,
 ) -> None:
     """Sample frames from every video, detect and align one face per frame, write 224×224 crops."""
-    from lrerr_tools.extract import ExtractConfig, run
+    from lrerr_tools.extract import ExtractConfig, run, survey
 
     cfg = ExtractConfig(
         root=str(root), dataset=dataset, out=str(out), compression=compression,
@@ -102,6 +104,9 @@ def extract(
         image_format=image_format, jpeg_quality=jpeg_quality, backend=backend, jobs=jobs,
         part=part, batch_size=batch_size, device=device, overwrite=overwrite,
     )
+    if dry_run:
+        print_counts(f"extract would take (nothing written to {out}):", survey(cfg))
+        return
     manifest = run(cfg)
     if manifest is None:
         typer.echo(f"part {part} done; run `lrerr-tools merge {out}` once every part has finished")

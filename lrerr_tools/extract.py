@@ -149,6 +149,16 @@ def run(cfg: ExtractConfig) -> Manifest | None:
     return finalize(out)
 
 
+def survey(cfg: ExtractConfig) -> dict[str, int]:
+    """What `run` would take on, by split and label: the settings and the dataset (layout,
+    split lists, leaks) are checked as `run` checks them, and nothing is written."""
+    cfg.validate()
+    listing = _list(cfg.identity())
+    mine = [v for v in listing.videos if in_part(v.video_id, cfg.part)]
+    groups = Counter(f"{v.split}_{'fake' if v.label else 'real'}" for v in mine)
+    return {"videos": len(mine), **dict(sorted(groups.items())), "videos_missing": len(listing.missing)}
+
+
 def finalize(out_dir: str | Path) -> Manifest | None:
     """Join the per-video results into records.jsonl and manifest.json, or return None if
     some videos (other parts) are not done yet. The result does not depend on how the

@@ -80,6 +80,22 @@ def test_a_finished_extract_prints_its_counts_in_the_order_of_the_first_run(sing
     assert printed == list(manifest.counts)  # videos first, as the stage computed them
 
 
+def test_dry_run_counts_what_a_run_extracts_and_writes_nothing(single_run, ffpp_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from lrerr_tools.cli import app
+
+    _, manifest = single_run
+    out = tmp_path / "extract"
+    result = CliRunner().invoke(app, ["extract", str(ffpp_root), "--dataset", "ffpp", "--out", str(out),
+                                      "--splits", str(ffpp_root / "splits"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    counts = dict(line.split() for line in result.stdout.splitlines() if line.startswith("  "))
+    assert int(counts["videos"]) == manifest.counts["videos"] == 18
+    assert (counts["train_real"], counts["train_fake"], counts["test_fake"]) == ("2", "4", "4")
+    assert not out.exists()
+
+
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(
         single_run, extract_config, monkeypatch):
     reference, _ = single_run

@@ -205,3 +205,14 @@ def test_an_interrupted_stage_says_rerun_to_resume(data, tmp_path):
     assert result.returncode == 130
     assert result.stderr.splitlines()[-1] == ("ffpp.sh: interrupted at 'extract ffpp'. Rerun the same "
                                               "command to resume: finished stages are skipped.")
+
+
+def test_cross_dataset_checks_every_dataset_before_any_work(data, tmp_path):
+    no_list = tmp_path / "celebdf"
+    no_list.mkdir()  # a Celeb-DF-v2 root without List_of_testing_videos.txt
+    work = tmp_path / "work"
+    result = run_script("cross_dataset.sh", {**data, "celebdf": no_list, "work": work})
+    assert result.returncode == 2
+    assert "error: Celeb-DF test list not found" in result.stderr
+    assert "cross_dataset.sh: stopped at 'check celebdf' (exit 2)" in result.stderr
+    assert not (work / "ffpp-c23").exists()
