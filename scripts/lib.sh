@@ -217,7 +217,11 @@ report() { # report TABLE: the tables this script's scores fill, in WORK/reports
 
 cross_dataset_scores() { # each of DETECTORS trained on all of FF++, scored on FF++, Celeb-DF-v2 and DFD
     local dataset detector
-    for dataset in ffpp celebdf dfd; do # a wrong root or layout stops the script now, not after hours of FF++
+    # A missing root, then a wrong layout or split list, stops the script now, not after hours of FF++.
+    for dataset in ffpp celebdf dfd; do
+        extract_command "$dataset"
+    done
+    for dataset in ffpp celebdf dfd; do
         extract_command "$dataset"
         step "check $dataset" "${EXTRACT_CMD[@]}" --dry-run
     done
