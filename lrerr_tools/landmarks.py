@@ -61,12 +61,13 @@ class LandmarksConfig:
     # How a run is carried out; changing these does not change its output.
     jobs: int = 1
     overwrite: bool = False
-    RUN_OPTIONS: ClassVar[tuple[str, ...]] = ("out", "jobs", "overwrite")
+    # The input is identified by its content hash (parent_sha256), not by where it lies, so
+    # that a work directory moved whole is still the same work.
+    RUN_OPTIONS: ClassVar[tuple[str, ...]] = ("extract_dir", "out", "jobs", "overwrite")
 
     def identity(self) -> dict:
         """The fields that decide the output: a rerun must match them exactly."""
         ident = {k: v for k, v in asdict(self).items() if k not in self.RUN_OPTIONS}
-        ident["extract_dir"] = str(Path(self.extract_dir).resolve())
         ident["predictor"] = PREDICTOR_FILE
         return ident
 
@@ -204,7 +205,7 @@ def _finalize(cfg: LandmarksConfig, parent: StageDir, out: Path, video_ids: list
     patches, mask = key_region.rect_to_patches(rect, size, cfg.patch)
     statuses = Counter(r["status"] for r in records)
     manifest = Manifest(
-        stage=STAGE, config=cfg.identity(), parent=parent.as_parent(), complete=True,
+        stage=STAGE, config=cfg.identity(), parent=parent.as_parent(out), complete=True,
         counts={"crops_in": len(records), "ok": statuses["ok"],
                 "no_landmarks": statuses["no_landmarks"], "missing_crop": statuses["missing_crop"],
                 "parent_non_ok": parent_non_ok},

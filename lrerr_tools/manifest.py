@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -47,11 +48,23 @@ class StageDir:
     manifest: Manifest
     sha256: str
 
-    def as_parent(self) -> dict:
-        return {"path": str(self.path.resolve()), "sha256": self.sha256}
+    def as_parent(self, child: str | Path) -> dict:
+        """What the stage writing `child` records of this input."""
+        return link(self.path, child, self.sha256)
 
     def records(self) -> Iterator[dict]:
         return iter_records(self.path)
+
+
+def link(target: str | Path, child: str | Path, sha256: str) -> dict:
+    """How a stage directory `child` records an input directory: by its content hash, and by
+    its path relative to `child`, so that a work directory moved or copied whole still holds."""
+    return {"path": os.path.relpath(Path(target).resolve(), Path(child).resolve()), "sha256": sha256}
+
+
+def linked_dir(stage_dir: str | Path, recorded: dict) -> Path:
+    """The input directory that the stage in `stage_dir` recorded with `link`."""
+    return (Path(stage_dir) / recorded["path"]).resolve()
 
 
 @cache
@@ -130,16 +143,15 @@ def open_parent(stage_dir: str | Path, stage: str) -> StageDir:
     return StageDir(stage_dir, manifest, content_sha256(manifest))
 
 
-def check_parent_unchanged(manifest: Manifest) -> None:
-    """Refuse to build on a child whose parent was rewritten after the child was made."""
-    parent = manifest.parent
-    if parent is None:
+def check_parent_unchanged(stage_dir: str | Path, manifest: Manifest) -> None:
+    """Refuse to build on the stage in `stage_dir` if its parent was rewritten after it was made."""
+    if manifest.parent is None:
         return
-    path = Path(parent["path"]) / MANIFEST_FILE
-    if not path.is_file():
-        raise LrerrError(f"{manifest.stage} input {parent['path']} is gone")
-    if content_sha256(read_manifest(path.parent)) != parent["sha256"]:
+    parent = linked_dir(stage_dir, manifest.parent)
+    if not (parent / MANIFEST_FILE).is_file():
+        raise LrerrError(f"{manifest.stage} input {parent} is gone")
+    if content_sha256(read_manifest(parent)) != manifest.parent["sha256"]:
         raise LrerrError(
-            f"{parent['path']}: changed after the '{manifest.stage}' stage was built on it "
+            f"{parent}: changed after the '{manifest.stage}' stage was built on it "
             "(content hash differs) — rerun that stage"
         )

@@ -126,7 +126,7 @@ def run_training(cfg, stage: str, make_trainer: Callable, stage_outputs: tuple[s
             clear_run(out, stage_outputs, stage)
         dist.barrier()
         trainer = make_trainer(cfg, shards, dist, device)
-        state = inspect_run(out, stage, cfg.identity(), shards.as_parent(), cfg.resume, stage_outputs)
+        state = inspect_run(out, stage, cfg.identity(), shards.as_parent(out), cfg.resume, stage_outputs)
         found = state.finished.extra if state.finished is not None else (
             state.checkpoint["extra"] if state.checkpoint is not None else None)
         if check_found is not None and found is not None:

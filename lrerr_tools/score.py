@@ -36,7 +36,7 @@ from lrerr_tools.detector.predict import predict
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.grid import write_grid
-from lrerr_tools.manifest import Manifest, open_parent, schema, write_stage
+from lrerr_tools.manifest import Manifest, link, linked_dir, open_parent, schema, write_stage
 from lrerr_tools.metrics import LEVELS, compute_metrics, roc_plot, video_rows
 from lrerr_tools.report import DETECTORS, METRICS_FILE
 from lrerr_tools.shard_dataset import SPLITS, ShardDataset
@@ -65,13 +65,14 @@ class ScoreConfig:
     overlays: int = 4
     overwrite: bool = False
     # How a run is carried out; changing these does not change its output (each face's
-    # reconstruction mask is its own, whatever batch it is in).
-    RUN_OPTIONS: ClassVar[tuple[str, ...]] = ("out", "batch_size", "device", "workers", "overwrite")
+    # reconstruction mask is its own, whatever batch it is in). The inputs are identified by
+    # their content hashes, not by where they lie.
+    RUN_OPTIONS: ClassVar[tuple[str, ...]] = ("shard_dir", "detector", "out", "batch_size", "device",
+                                              "workers", "overwrite")
 
     def identity(self, shards_sha256: str, detector_sha256: str) -> dict:
         ident = {k: v for k, v in asdict(self).items() if k not in self.RUN_OPTIONS}
-        ident.update(shard_dir=str(Path(self.shard_dir).resolve()), shards_sha256=shards_sha256,
-                     detector=str(Path(self.detector).resolve()), detector_sha256=detector_sha256)
+        ident.update(shards_sha256=shards_sha256, detector_sha256=detector_sha256)
         return ident
 
     def check(self) -> None:
@@ -140,10 +141,11 @@ def run(cfg: ScoreConfig) -> Manifest:
               "videos": len(videos), "videos_real": int((video_labels == 0).sum()),
               "videos_fake": int(video_labels.sum())}
     summary = {level: {k: metrics[level][k] for k in ("auc", "acc", "ap", "eer")} for level in LEVELS}
+    mae = extra["mae"] and link(linked_dir(detector_run.path, extra["mae"]), out, extra["mae"]["sha256"])
     manifest = Manifest(stage=STAGE, config=identity,
-                        parent=shards.as_parent(), counts=counts, complete=True,
-                        extra={"detector": detector_run.as_parent(), "method": detector.method,
-                               "mae": extra["mae"], "run": metrics["run"], "metrics": summary,
+                        parent=shards.as_parent(out), counts=counts, complete=True,
+                        extra={"detector": detector_run.as_parent(out), "method": detector.method,
+                               "mae": mae, "run": metrics["run"], "metrics": summary,
                                "attention": attention})
     return write_stage(out, manifest, ({**r, "split": cfg.split} for r in rows))
 

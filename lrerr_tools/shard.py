@@ -44,7 +44,7 @@ import numpy as np
 
 from lrerr_tools.atomic_io import atomic_write_json, sha256_file
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import Manifest, check_parent_unchanged, open_parent, write_stage
+from lrerr_tools.manifest import Manifest, check_parent_unchanged, linked_dir, open_parent, write_stage
 from lrerr_tools.parallel import run_parallel
 from lrerr_tools.stage_dir import CONFIG_FILE, WORK_DIR, existing_manifest, prepare_output, same_output
 
@@ -72,16 +72,16 @@ class ShardConfig:
     shard_size: int = 1024
     codec: str = "png"
     jpeg_quality: int = 95
-    # How a run is carried out; changing these does not change its output.
+    # How a run is carried out; changing these does not change its output. The landmarks
+    # directory is identified by its content hash, not by where it lies.
     jobs: int = 1
     overwrite: bool = False
-    RUN_OPTIONS: ClassVar[tuple[str, ...]] = ("out", "jobs", "overwrite")
+    RUN_OPTIONS: ClassVar[tuple[str, ...]] = ("landmarks", "out", "jobs", "overwrite")
 
     def identity(self, landmarks_sha256: str) -> dict:
         """The fields that decide the output, with the hash of the landmarks manifest: shards
         made from another version of the landmarks directory are not resumed."""
         ident = {k: v for k, v in asdict(self).items() if k not in self.RUN_OPTIONS}
-        ident["landmarks"] = str(Path(self.landmarks).resolve())
         ident["landmarks_sha256"] = landmarks_sha256
         if self.codec != "jpeg":
             ident["jpeg_quality"] = None  # unused, so it must not make a rerun differ
@@ -113,7 +113,7 @@ def run(cfg: ShardConfig) -> Manifest:
     """Pack the landmarks directory's faces into shards; resume a run that was cut short."""
     cfg.validate()
     parent = open_parent(cfg.landmarks, PARENT_STAGE)
-    check_parent_unchanged(parent.manifest)  # the crops live in the extract directory
+    check_parent_unchanged(parent.path, parent.manifest)  # the crops live in the extract directory
     ctx = _context(parent, cfg)
     jobs, skipped = plan(parent.records(), cfg.shard_size, ctx["grid"])
     if not jobs:
@@ -122,7 +122,7 @@ def run(cfg: ShardConfig) -> Manifest:
 
     out = Path(cfg.out)
     ident = cfg.identity(parent.sha256)
-    _refuse_changed_landmarks(out, ident, cfg.overwrite)
+    _refuse_changed_landmarks(out, cfg.landmarks, ident, cfg.overwrite)
     prepare_output(out, STAGE, ident, cfg.overwrite, outputs=(SHARDS_DIR,))
     shards_dir = out / SHARDS_DIR
     shards_dir.mkdir(exist_ok=True)
@@ -144,7 +144,7 @@ def run(cfg: ShardConfig) -> Manifest:
             raise LrerrError(f"{out / job.file}: vanished during the run — rerun to rewrite it")
         entries.append(entry)
     manifest = Manifest(
-        stage=STAGE, config=ident, parent=parent.as_parent(),
+        stage=STAGE, config=ident, parent=parent.as_parent(out),
         counts=_counts(entries, skipped), complete=True,
         extra={"shards": entries, "schema_version": SCHEMA_VERSION, "image_size": ctx["size"],
                "key_region": ctx["key_region"]},
@@ -307,13 +307,13 @@ def _context(parent, cfg: ShardConfig) -> dict:
         raise LrerrError(f"{cfg.landmarks}: its manifest names no extract directory (parent)")
     grid = int(key_region.get("grid", 14))
     patch = int(key_region.get("patch", 16))
-    return {"out": str(Path(cfg.out)), "extract_dir": manifest.parent["path"], "codec": cfg.codec,
-            "jpeg_quality": cfg.jpeg_quality, "size": grid * patch, "grid": grid,
+    return {"out": str(Path(cfg.out)), "extract_dir": str(linked_dir(parent.path, manifest.parent)),
+            "codec": cfg.codec, "jpeg_quality": cfg.jpeg_quality, "size": grid * patch, "grid": grid,
             "parent_sha256": parent.sha256,
             "key_region": {**key_region, "grid": grid, "patch": patch}}
 
 
-def _refuse_changed_landmarks(out: Path, ident: dict, overwrite: bool) -> None:
+def _refuse_changed_landmarks(out: Path, landmarks: str, ident: dict, overwrite: bool) -> None:
     """Say plainly when the only reason a rerun is refused is a rebuilt landmarks directory."""
     path = out / WORK_DIR / CONFIG_FILE
     if overwrite or not path.is_file():
@@ -321,7 +321,7 @@ def _refuse_changed_landmarks(out: Path, ident: dict, overwrite: bool) -> None:
     stored = json.loads(path.read_text())
     if stored.get("landmarks_sha256") not in (None, ident["landmarks_sha256"]):
         raise LrerrError(f"--out {out}: its shards were made from an earlier version of "
-                         f"{ident['landmarks']} (it changed since) — pass --overwrite to rebuild them")
+                         f"{landmarks} (it changed since) — pass --overwrite to rebuild them")
 
 
 def _work_path(out: Path, name: str) -> Path:

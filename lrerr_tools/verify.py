@@ -32,6 +32,7 @@ from lrerr_tools.manifest import (
     RECORDS_FILE,
     Manifest,
     check_parent_unchanged,
+    linked_dir,
     read_manifest,
     schema,
 )
@@ -76,7 +77,7 @@ def verify(stage_dir: str | Path, deep: bool = False) -> list[str]:
         problems.add(f"{stage_dir}: the '{manifest.stage}' stage has not completed (complete: false)")
     records = _check_records(stage_dir, manifest, problems)
     try:
-        check_parent_unchanged(manifest)
+        check_parent_unchanged(stage_dir, manifest)
     except LrerrError as e:
         problems.add(str(e))
     if records is not None:
@@ -147,7 +148,7 @@ def _check_crops(stage_dir: Path, manifest: Manifest, records: list[dict], deep:
         if manifest.parent is None:
             problems.add(f"{stage_dir}: names no extract directory (parent), so its crops can't be found")
             return
-        base = Path(manifest.parent["path"])
+        base = linked_dir(stage_dir, manifest.parent)
         try:
             extract_config = read_manifest(base).config
         except LrerrError:

@@ -99,7 +99,7 @@ def test_records_carry_the_parent_fields_and_counts_add_up(reference, extract_di
     assert c == {"crops_in": 72, "ok": 72, "no_landmarks": 0, "missing_crop": 0,
                  "parent_non_ok": len(parent) - len(parent_ok)}
     assert c["crops_in"] == c["ok"] + c["no_landmarks"] + c["missing_crop"]
-    assert manifest.parent == open_parent(extract_dir, "extract").as_parent()
+    assert manifest.parent == open_parent(extract_dir, "extract").as_parent(out)
     assert open_parent(out, "landmarks").manifest.records_sha256 == manifest.records_sha256
 
 

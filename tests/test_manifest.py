@@ -75,22 +75,22 @@ def test_unparsable_manifest_is_one_clear_error(tmp_path):
 def test_child_notices_its_parent_changed(tmp_path):
     _write(tmp_path / "p")
     parent = open_parent(tmp_path / "p", "extract")
-    child = _write(tmp_path / "c", stage="landmarks", parent=parent.as_parent())
-    check_parent_unchanged(child)  # unchanged: no error
+    child = _write(tmp_path / "c", stage="landmarks", parent=parent.as_parent(tmp_path / "c"))
+    check_parent_unchanged(tmp_path / "c", child)  # unchanged: no error
     write_stage(tmp_path / "p", parent.manifest, [{"status": "ok", "i": 0}])
     with pytest.raises(LrerrError, match="changed after"):
-        check_parent_unchanged(child)
+        check_parent_unchanged(tmp_path / "c", child)
 
 
 def test_a_parent_rebuilt_to_the_same_records_keeps_its_children_valid(tmp_path):
     # e.g. a shard directory deleted to free space and rebuilt: the MAE trained on it stays valid.
     _write(tmp_path / "p")
     before = open_parent(tmp_path / "p", "extract")
-    child = _write(tmp_path / "c", stage="landmarks", parent=before.as_parent())
+    child = _write(tmp_path / "c", stage="landmarks", parent=before.as_parent(tmp_path / "c"))
     (tmp_path / "p" / "manifest.json").unlink()
     _write(tmp_path / "p")  # same records, a later `created`
 
     after = open_parent(tmp_path / "p", "extract")
     assert after.manifest.created != before.manifest.created
     assert after.sha256 == before.sha256
-    check_parent_unchanged(child)
+    check_parent_unchanged(tmp_path / "c", child)

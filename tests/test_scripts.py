@@ -95,6 +95,25 @@ def test_shards_deleted_and_rebuilt_keep_the_trained_models(data):
     assert after == before
 
 
+def test_a_work_dir_moved_whole_is_still_the_same_work(data, tmp_path):
+    # e.g. from scratch space to project storage: nothing may point back at the old place.
+    moved = tmp_path / "moved"
+    shutil.copytree(data["work"], moved, symlinks=True)
+    before = stage_hashes(moved)
+    hidden = tmp_path / "hidden"
+    data["work"].rename(hidden)
+    try:
+        output = check(run_script("ffpp.sh", {**data, "work": moved}))
+        landmarks = moved / "ffpp-c23" / "landmarks"
+        verified = subprocess.run([sys.executable, "-m", "lrerr_tools", "verify", str(landmarks)],
+                                  capture_output=True, text=True)
+    finally:
+        hidden.rename(data["work"])
+    assert "epoch 1/1" not in output
+    assert stage_hashes(moved) == before
+    assert verified.returncode == 0, verified.stdout
+
+
 def test_the_first_failing_stage_stops_the_script(data):
     result = run_script("ffpp.sh", data, env={"FRAMES": "3"})
     assert result.returncode == 2

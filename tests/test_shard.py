@@ -64,7 +64,7 @@ def make_landmarks_dir(extract_dir, out, status_of=None):
     statuses = Counter(r["status"] for r in records)
     manifest = Manifest(
         stage="landmarks", config={"extract_dir": str(extract_dir), "made_by": "test"},
-        parent=parent.as_parent(), counts=dict(statuses), complete=True,
+        parent=parent.as_parent(out), counts=dict(statuses), complete=True,
         extra={"key_region": {**KEY_REGION, "patches": sorted(union), "mask_len": 196}})
     write_stage(out, manifest, records)
     return out

@@ -107,7 +107,8 @@ def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_
     runs = {m: shared_detector(m, ffpp_root, tmp_path_factory) for m in ("lrerr", "xception")}
     lrerr, base = read_manifest(runs["lrerr"]), read_manifest(runs["xception"])
     assert {k for k in lrerr.config if lrerr.config[k] != base.config[k]} == {"method", "mae", "out"}
-    assert lrerr.extra["mae"] == {"path": str(mae.resolve()), "sha256": content_sha256(read_manifest(mae))}
+    assert lrerr.extra["mae"] == {"path": os.path.relpath(mae.resolve(), runs["lrerr"].resolve()),
+                                  "sha256": content_sha256(read_manifest(mae))}
     for name in ("best.pt", "last.pt"):
         assert load_checkpoint(runs["lrerr"] / "checkpoints" / name)["extra"]["mae"] == lrerr.extra["mae"]
     # Same starting weights, same batches.

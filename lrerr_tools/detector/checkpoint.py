@@ -15,20 +15,20 @@ from lrerr_tools.detector.model import Detector
 from lrerr_tools.detector.reconstruction import Reconstructor
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.checkpoint import load_mae
-from lrerr_tools.manifest import StageDir, open_parent
+from lrerr_tools.manifest import StageDir, linked_dir, open_parent
 from lrerr_tools.run_dir import best_checkpoint
 from lrerr_tools.training import load_checkpoint
 
 STAGE = "train-det"
 
 
-def check_same_mae(recorded: dict, sha256: str, trained: str) -> None:
-    """Refuse, in one line, a detector run (`trained` names it) whose MAE run has changed since
-    it was trained: its attention maps came from the MAE as it was, by manifest hash."""
+def check_same_mae(run_dir: str | Path, recorded: dict, sha256: str, trained: str) -> None:
+    """Refuse, in one line, the detector run in `run_dir` (`trained` names it) whose MAE run has
+    changed since it was trained: its attention maps came from the MAE as it was, by manifest hash."""
     if recorded["sha256"] != sha256:
-        raise LrerrError(f"{trained} was trained with the MAE run {recorded['path']}, which has changed "
-                         "since (its manifest hash differs) — retrain the detector on the new MAE (train-det "
-                         "--overwrite), or restore that MAE run")
+        raise LrerrError(f"{trained} was trained with the MAE run {linked_dir(run_dir, recorded)}, which has "
+                         "changed since (its manifest hash differs) — retrain the detector on the new MAE "
+                         "(train-det --overwrite), or restore that MAE run")
 
 
 def load_reconstructor(mae_dir: str | Path, seed: int, device: torch.device) -> Reconstructor:
@@ -43,11 +43,12 @@ def load_detector(run_dir: str | Path,
     cfg, extra = run.manifest.config, run.manifest.extra
     reconstructor = None
     if cfg["method"] == "lrerr":
-        if not Path(extra["mae"]["path"]).is_dir():
+        mae_dir = linked_dir(run.path, extra["mae"])
+        if not mae_dir.is_dir():
             raise LrerrError(f"the detector in {run.path} reconstructs faces with the MAE run "
-                             f"{extra['mae']['path']}, which is gone — put it back there")
-        reconstructor = load_reconstructor(extra["mae"]["path"], cfg["seed"], device)
-        check_same_mae(extra["mae"], reconstructor.info.sha256, f"the detector in {run.path}")
+                             f"{mae_dir}, which is gone — put it back there")
+        reconstructor = load_reconstructor(mae_dir, cfg["seed"], device)
+        check_same_mae(run.path, extra["mae"], reconstructor.info.sha256, f"the detector in {run.path}")
     path = best_checkpoint(run.path)
     checkpoint = load_checkpoint(path)
     # The weights, the frozen extractor's included, come from the checkpoint.

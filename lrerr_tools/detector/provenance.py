@@ -5,10 +5,8 @@ scored split's."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import StageDir, iter_records
+from lrerr_tools.manifest import StageDir, iter_records, linked_dir
 from lrerr_tools.shard_dataset import ShardDataset
 
 
@@ -32,7 +30,7 @@ def _compression(shards: StageDir) -> str | None:
     """The quality level (c23, ...; None for single-quality datasets) the faces were
     extracted at: shards don't store it, their landmarks records (copies of the extract
     records) do."""
-    landmarks = Path(shards.manifest.parent["path"])
+    landmarks = linked_dir(shards.path, shards.manifest.parent)
     try:
         first = next(iter_records(landmarks), None)
     except OSError:

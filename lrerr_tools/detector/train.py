@@ -153,13 +153,13 @@ class _Trainer:
             self.reconstructor = load_reconstructor(cfg.mae, cfg.seed, device)
             for dataset in (self.train, self.val):
                 self.reconstructor.check(dataset)
-        self.mae = self.reconstructor.info.as_parent() if self.reconstructor else None
+        self.mae = self.reconstructor.info.as_parent(self.out) if self.reconstructor else None
         self.train_data = describe_split(shards, "train", cfg.methods)
 
     def check_mae(self, recorded: dict | None) -> None:
         """A run resumed or found finished must have been trained with this very MAE."""
         if self.mae is not None:
-            check_same_mae(recorded, self.mae["sha256"], f"the detector run in {self.out}")
+            check_same_mae(self.out, recorded, self.mae["sha256"], f"the detector run in {self.out}")
 
     def build(self, state: RunState) -> None:
         cfg = self.cfg
@@ -256,7 +256,7 @@ class _Trainer:
                 "note": "val has one class or none, so the AUC is undefined: best is the lowest train loss"}
 
     def _save(self) -> None:
-        common = dict(config=asdict(self.cfg), parent=self.shards.as_parent(), epoch=self.epoch,
+        common = dict(config=asdict(self.cfg), parent=self.shards.as_parent(self.out), epoch=self.epoch,
                       step=self.step,
                       model_config={"backbone": self.cfg.backbone, "attn_layers": self.cfg.attn_layers,
                                     "method": self.cfg.method})
@@ -275,7 +275,7 @@ class _Trainer:
                  "normalization": {"mean": list(self.detector.mean), "std": list(self.detector.std)},
                  "best": self._best(), "last": self.history[-1], "world_size": self.dist.world_size,
                  "checkpoints": {"best": str(best_checkpoint(Path())), "last": str(last_checkpoint(Path()))}}
-        manifest = Manifest(stage=STAGE, config=asdict(self.cfg), parent=self.shards.as_parent(),
+        manifest = Manifest(stage=STAGE, config=asdict(self.cfg), parent=self.shards.as_parent(self.out),
                             counts=counts, complete=complete, extra=extra)
         write_stage(self.out, manifest, self.history)
 

@@ -16,7 +16,7 @@ import torch
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.masking import MaskingSettings
 from lrerr_tools.mae.model import MaskedAutoencoder
-from lrerr_tools.manifest import open_parent
+from lrerr_tools.manifest import link, open_parent
 from lrerr_tools.run_dir import best_checkpoint
 from lrerr_tools.training import load_checkpoint
 
@@ -35,8 +35,9 @@ class MaeInfo:
     key_patches: list[int]  # the dataset-wide key region T the run masked with
     epoch: int            # the epoch best.pt is from
 
-    def as_parent(self) -> dict:
-        return {"path": self.path, "sha256": self.sha256}
+    def as_parent(self, child: str | Path) -> dict:
+        """What the stage writing `child` records of this MAE run."""
+        return link(self.path, child, self.sha256)
 
 
 def load_mae(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MaskedAutoencoder, MaeInfo]:

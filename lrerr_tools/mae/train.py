@@ -265,7 +265,7 @@ class _Trainer:
         return {"epoch": best["epoch"], "metric": metric, "value": best[metric]}
 
     def _save(self) -> None:
-        common = dict(config=asdict(self.cfg), parent=self.shards.as_parent(), epoch=self.epoch,
+        common = dict(config=asdict(self.cfg), parent=self.shards.as_parent(self.out), epoch=self.epoch,
                       step=self.step, model_config=unwrap(self.model).config)
         if self._best()["epoch"] == self.epoch:
             save_checkpoint(best_checkpoint(self.out), self.model, **common)
@@ -281,7 +281,7 @@ class _Trainer:
                  "key_patches": self.patches, "best": self._best(), "last": self.history[-1],
                  "world_size": self.dist.world_size, "init_file": self.init_file,
                  "checkpoints": {"best": str(best_checkpoint(Path())), "last": str(last_checkpoint(Path()))}}
-        manifest = Manifest(stage=STAGE, config=asdict(self.cfg), parent=self.shards.as_parent(),
+        manifest = Manifest(stage=STAGE, config=asdict(self.cfg), parent=self.shards.as_parent(self.out),
                             counts=counts, complete=complete, extra=extra)
         write_stage(self.out, manifest, self.history)
 
