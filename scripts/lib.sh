@@ -31,6 +31,7 @@ SETTINGS_HELP='Options (each also read from the environment variable in brackets
   --ffpp DIR          FaceForensics++ root [FFPP_ROOT]
   --ffpp-splits DIR   folder with the official train/val/test.json [FFPP_SPLITS; default FFPP_ROOT/splits]
   --celebdf DIR       Celeb-DF-v2 root [CELEBDF_ROOT]
+  --celebdf-list FILE its official test list [CELEBDF_LIST; default CELEBDF_ROOT/List_of_testing_videos.txt]
   --dfd DIR           DFD root [DFD_ROOT; default: FFPP_ROOT, where the FF++ download puts it]
   --work DIR          work directory, shared by all scripts [WORK; default: work]
   --comp c23|c40      FF++ compression to train on [COMP; default: c23]
@@ -51,12 +52,13 @@ parse_args() {
                 echo "$SETTINGS_HELP"
                 exit 0
                 ;;
-            --ffpp | --ffpp-splits | --celebdf | --dfd | --work | --comp | --profile)
+            --ffpp | --ffpp-splits | --celebdf | --celebdf-list | --dfd | --work | --comp | --profile)
                 (($# >= 2)) || die "$1 needs a value"
                 case $1 in
                     --ffpp) FFPP_ROOT=$2 ;;
                     --ffpp-splits) FFPP_SPLITS=$2 ;;
                     --celebdf) CELEBDF_ROOT=$2 ;;
+                    --celebdf-list) CELEBDF_LIST=$2 ;;
                     --dfd) DFD_ROOT=$2 ;;
                     --work) WORK=$2 ;;
                     --comp) COMP=$2 ;;
@@ -139,6 +141,7 @@ extract_command() { # extract_command DATASET: sets EXTRACT_CMD, the extract eve
             need_dir "${CELEBDF_ROOT:-}" --celebdf "the Celeb-DF-v2 root"
             # Only its 518 official test videos are ever scored.
             source=("$CELEBDF_ROOT" --dataset celebdf --keep-splits test)
+            [ -z "${CELEBDF_LIST:-}" ] || source+=(--splits "$CELEBDF_LIST")
             ;;
         dfd)
             need_dir "${DFD_ROOT:-${FFPP_ROOT:-}}" --dfd "the DFD root (by default the FF++ root)"

@@ -235,3 +235,15 @@ def test_cross_dataset_checks_every_dataset_before_any_work(data, tmp_path):
     assert "error: Celeb-DF test list not found" in result.stderr
     assert "cross_dataset.sh: stopped at 'check celebdf' (exit 2)" in result.stderr
     assert not (work / "ffpp-c23").exists()
+
+
+def test_a_celebdf_test_list_kept_elsewhere_is_passed_with_celebdf_list(data, tmp_path):
+    celebdf = tmp_path / "celebdf"
+    shutil.copytree(data["celebdf"], celebdf, ignore=shutil.ignore_patterns("List_of_testing_videos.txt"))
+    no_dfd = tmp_path / "no-dfd"
+    no_dfd.mkdir()  # so the script stops at the next check, before any work
+    test_list = data["celebdf"] / "List_of_testing_videos.txt"
+    result = run_script("cross_dataset.sh", {**data, "celebdf": celebdf, "work": tmp_path / "work"},
+                        "--celebdf-list", str(test_list), "--dfd", str(no_dfd))
+    assert "== cross_dataset.sh: check celebdf" in result.stderr
+    assert "cross_dataset.sh: stopped at 'check dfd' (exit 2)" in result.stderr, result.stderr
