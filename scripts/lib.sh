@@ -90,6 +90,16 @@ settings() {
     for detector in $DETECTORS; do
         case $detector in lrerr | xception) ;; *) die "DETECTORS: lrerr or xception, not '$detector'" ;; esac
     done
+    # Checked here so that a typo stops the script before hours of work, not at the stage that reads it.
+    local name
+    for name in FRAMES MAE_EPOCHS DET_EPOCHS DET_ITERS BATCH; do
+        [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive whole number (got '${!name}')"
+    done
+    for name in WORKERS JOBS; do
+        [[ ${!name} =~ ^[0-9]+$ ]] || die "$name must be a whole number, 0 or more (got '${!name}')"
+    done
+    [[ -z $MAE_STEPS || $MAE_STEPS =~ ^[1-9][0-9]*$ ]] || die "MAE_STEPS must be empty or a positive whole number (got '$MAE_STEPS')"
+    case $PRETRAINED in 0 | 1) ;; *) die "PRETRAINED must be 0 or 1 (got '$PRETRAINED')" ;; esac
     read -ra EXTRACT_EXTRA <<<"${EXTRACT_ARGS:-}"
     read -ra LANDMARKS_EXTRA <<<"${LANDMARKS_ARGS:-}"
     read -ra SHARD_EXTRA <<<"${SHARD_ARGS:-}"

@@ -247,3 +247,14 @@ def test_a_celebdf_test_list_kept_elsewhere_is_passed_with_celebdf_list(data, tm
                         "--celebdf-list", str(test_list), "--dfd", str(no_dfd))
     assert "== cross_dataset.sh: check celebdf" in result.stderr
     assert "cross_dataset.sh: stopped at 'check dfd' (exit 2)" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"FRAMES": "abc"}, "FRAMES must be a positive whole number (got 'abc')"),
+    ({"JOBS": "-3"}, "JOBS must be a whole number, 0 or more (got '-3')"),
+    ({"PRETRAINED": "yes"}, "PRETRAINED must be 0 or 1 (got 'yes')"),
+])
+def test_bad_settings_stop_the_script_before_any_work(data, tmp_path, setting, message):
+    result = run_script("ffpp.sh", {**data, "work": tmp_path / "work"}, env=setting)
+    assert result.returncode == 2 and result.stderr.strip() == f"ffpp.sh: {message}"
+    assert not (tmp_path / "work").exists()
