@@ -123,6 +123,11 @@ def parse_part(part: str) -> tuple[int, int]:
     return index, total
 
 
+def part_videos(videos: list[VideoRecord], part: str) -> list[VideoRecord]:
+    """The videos that part `part` (i/N) extracts."""
+    return [v for v in videos if in_part(v.video_id, part)]
+
+
 def in_part(video_id: str, part: str) -> bool:
     """Assign a video to a part by a hash of its id, so the split into parts stays the same
     even when another machine lists the videos in another order or sees more of them."""
@@ -139,7 +144,7 @@ def run(cfg: ExtractConfig) -> Manifest | None:
         log.warning("named in the split lists but not on disk: %s", name)
     out = Path(cfg.out)
     prepare_output(out, STAGE, cfg.identity(), cfg.overwrite, outputs=(CROPS_DIR,))
-    mine = [v for v in listing.videos if in_part(v.video_id, cfg.part)]
+    mine = part_videos(listing.videos, cfg.part)
     todo = [v for v in mine if not result_path(out, v.video_id).is_file()]
     if len(todo) < len(mine):
         log.info("resuming: %d of %d videos already extracted", len(mine) - len(todo), len(mine))
@@ -154,7 +159,7 @@ def survey(cfg: ExtractConfig) -> dict[str, int]:
     split lists, leaks) are checked as `run` checks them, and nothing is written."""
     cfg.validate()
     listing = _list(cfg.identity())
-    mine = [v for v in listing.videos if in_part(v.video_id, cfg.part)]
+    mine = part_videos(listing.videos, cfg.part)
     groups = Counter(f"{v.split}_{'fake' if v.label else 'real'}" for v in mine)
     return {"videos": len(mine), **dict(sorted(groups.items())), "videos_missing": len(listing.missing)}
 

@@ -141,7 +141,9 @@ def run(cfg: ScoreConfig) -> Manifest:
               "videos": len(videos), "videos_real": int((video_labels == 0).sum()),
               "videos_fake": int(video_labels.sum())}
     summary = {level: {k: metrics[level][k] for k in ("auc", "acc", "ap", "eer")} for level in LEVELS}
-    mae = extra["mae"] and link(linked_dir(detector_run.path, extra["mae"]), out, extra["mae"]["sha256"])
+    mae = None  # the detector's link to its MAE, re-based from the detector's directory to OUT
+    if extra["mae"] is not None:
+        mae = link(linked_dir(detector_run.path, extra["mae"]), out, extra["mae"]["sha256"])
     manifest = Manifest(stage=STAGE, config=identity,
                         parent=shards.as_parent(out), counts=counts, complete=True,
                         extra={"detector": detector_run.as_parent(out), "method": detector.method,
