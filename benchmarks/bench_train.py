@@ -1,7 +1,7 @@
 """Time training steps of the LRErr models.
 
     python benchmarks/bench_train.py mae [--presets tiny,base] [--steps 5] [--batch 8]
-    python benchmarks/bench_train.py det [--mae-preset base] [--steps 3] [--cpu-batch 8]
+    python benchmarks/bench_train.py det [--methods lrerr,recce,xception] [--steps 3] [--cpu-batch 8]
 
 `mae`: one train-mae step (key-region masking at 0.75, forward, loss on the masked patches,
 backward, Adam) against the plain encoder's forward+backward (+ Adam on its weights) on all
@@ -15,10 +15,12 @@ column is above the RSS measured just before the model was built), and
 `torch.cuda.max_memory_allocated` on a GPU. GPU runs use the trainer's precision (AMP:
 bfloat16 where supported).
 
-`det`: one train-det step and the scoring forward pass of LRErr against the plain Xception
-baseline, same batch and backbone (legacy_xception at 224), from random uint8 faces. LRErr
-adds the MAE reconstruction and the frozen extractor (run up to the last tapped layer) to
-both; the ratio columns say how much slower it is.
+`det`: one train-det step and the scoring forward pass of every registered method (default
+options, random weights, 224 px random uint8 faces) against the plain Xception baseline in the
+same run. A step is split into the method's no-grad input step (LRErr: the MAE
+reconstruction of a random base-preset MAE and the frozen extractor; nothing for the others)
+and the trainable step (forward, the method's losses, backward, its optimizer); the ratio
+columns say how much slower than Xception each method is.
 
 A subcommand per model: add one with its own `add_parser` and bench function.
 """
@@ -37,6 +39,7 @@ from multiprocessing import get_context
 import torch
 
 KEY_PATCHES = [r * 14 + c for r in range(4, 13) for c in range(3, 11)]  # 72 patches, like the demo's T
+BASELINE = "xception"  # what `det` measures every method against
 
 
 def _peak_rss_mb() -> float:
@@ -150,63 +153,54 @@ def bench_mae(args: argparse.Namespace) -> None:
               f"{memory(mae):>14}{memory(enc):>14}")
 
 
-def det_case(method: str, device_name: str, batch: int, warmup: int, steps: int, mae_preset: str) -> dict:
-    """One measurement, in a fresh process: a train-det step of `method` (lrerr or xception,
-    legacy_xception without pretrained weights) split into its input preparation (MAE
-    reconstruction and attention maps; nothing for xception) and the trainable step
-    (forward, BCE, backward, Adam), then the same preparation and forward in eval mode
-    without gradients, as `score` runs them."""
-    import torch.nn.functional as F
-
-    from lrerr_tools.attention import XCEPTION_LAYERS, make_backbone
-    from lrerr_tools.detector.model import Detector, prepare_inputs
-    from lrerr_tools.detector.reconstruction import Reconstructor
-    from lrerr_tools.mae.checkpoint import MaeInfo
-    from lrerr_tools.mae.masking import MaskingSettings
-    from lrerr_tools.mae.model import MaskedAutoencoder
-    from lrerr_tools.training import amp_dtype, autocast, backward_step, grad_scaler
+def det_case(name: str, device_name: str, batch: int, warmup: int, steps: int) -> dict:
+    """One measurement, in a fresh process: `name`'s input step and trainable step, then the
+    input step and forward in eval mode without gradients, as `score` runs them."""
+    from lrerr_tools.methods import get_method
+    from lrerr_tools.methods.describe import example_batch
+    from lrerr_tools.training import (
+        Distributed,
+        amp_dtype,
+        autocast,
+        backward_step,
+        build_optimizer,
+        grad_scaler,
+    )
 
     device = torch.device(device_name)
     rss_before = _peak_rss_mb()
     torch.manual_seed(0)
-    backbone = make_backbone("legacy_xception", pretrained=False)
-    detector = Detector(backbone, XCEPTION_LAYERS, method).to(device)
-    reconstructor = None
-    if method == "lrerr":
-        mae = MaskedAutoencoder(mae_preset).to(device).eval().requires_grad_(False)
-        info = MaeInfo(path="", sha256="", config={}, model_config=mae.config, masking=MaskingSettings(),
-                       key_patches=KEY_PATCHES, epoch=0)
-        reconstructor = Reconstructor(mae, info, seed=0)
-    data = {"image": torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8),
-            "key_mask": torch.zeros(batch, 196, dtype=torch.bool), "label": torch.arange(batch) % 2,
-            "video_id": [f"bench/{i:03d}" for i in range(batch)],
-            "frame_index": torch.zeros(batch, dtype=torch.long)}
+    method = get_method(name).resolve({})
+    net = method.build().to(device)
+    context = method.example_context(device)
+    data = example_batch(batch)
     labels = data["label"].float().to(device)
     dtype = amp_dtype(device, amp=True)
     scaler = grad_scaler(device, dtype)
-    optimizer = torch.optim.Adam(detector.backbone.parameters(), lr=1e-4)
+    recipe = method.recipe
+    optimizer = build_optimizer(net, recipe.optimizer, recipe.lr, weight_decay=recipe.weight_decay)
     state = {}
 
     def prepare():
-        state["inputs"] = prepare_inputs(detector, reconstructor, data, device, dtype)
+        state["inputs"] = method.inputs(net, context, data, device, dtype)
 
     def train_step():
-        inputs = state["inputs"]
         with autocast(device, dtype):
-            logits = detector(inputs.images, inputs.maps)
-        backward_step(F.binary_cross_entropy_with_logits(logits.float(), labels), optimizer, scaler)
+            outputs = net(state["inputs"])
+        terms = method.losses(outputs, state["inputs"], labels, Distributed())
+        backward_step(terms["total"], optimizer, scaler)
 
     def score_forward():
         with torch.no_grad(), autocast(device, dtype):
-            detector(state["inputs"].images, state["inputs"].maps)
+            net(state["inputs"])
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    detector.train()
+    net.train()
     prep_s, step_s = _time_steps([prepare, train_step], device, warmup, steps)
-    detector.eval()
+    net.eval()
     score_prep_s, score_fwd_s = _time_steps([prepare, score_forward], device, warmup, steps)
-    result = {"method": method, "device": device_name, "batch": batch, "steps": steps, "mae": mae_preset,
+    result = {"method": name, "device": device_name, "batch": batch, "steps": steps,
               "prep_s": prep_s, "step_s": step_s, "train_img_s": batch / (prep_s + step_s),
               "score_img_s": batch / (score_prep_s + score_fwd_s)}
     if device.type == "cuda":
@@ -220,33 +214,35 @@ def det_case(method: str, device_name: str, batch: int, warmup: int, steps: int,
 
 
 def bench_det(args: argparse.Namespace) -> None:
+    from lrerr_tools.methods import all_methods
+
+    names = args.methods.split(",") if args.methods else list(all_methods())
+    if BASELINE not in names:
+        names.append(BASELINE)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    pairs = []
+    runs = []
     for device in devices:
         batch = args.gpu_batch if device == "cuda" else args.cpu_batch
         steps = args.gpu_steps if device == "cuda" else args.steps
-        pairs.append({method: run_isolated(det_case, method, device, batch, args.warmup, steps,
-                                           args.mae_preset)
-                      for method in ("lrerr", "xception")})
+        runs.append({name: run_isolated(det_case, name, device, batch, args.warmup, steps) for name in names})
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, torch {torch.__version__}")
-    gpu = next((p["lrerr"]["gpu"] for p in pairs if "gpu" in p["lrerr"]), None)
+    gpu = next((r[BASELINE]["gpu"] for r in runs if "gpu" in r[BASELINE]), None)
     if gpu:
-        print(f"GPU: {gpu} ({next(p['lrerr']['dtype'] for p in pairs if 'gpu' in p['lrerr'])} autocast)")
-    print(f"legacy_xception at 224, LRErr maps at block1-3 from a {args.mae_preset} MAE; medians. 'prep': "
-          "MAE reconstruction + attention maps; 'step': forward+BCE+backward+Adam; 'score': prep + eval "
-          "forward. Ratios: xception img/s / lrerr img/s (how much slower LRErr is)")
-    print(f"{'device':<7}{'batch':>6}{'steps':>6}{'method':>9}{'prep s':>8}{'step s':>8}{'train img/s':>13}"
-          f"{'score img/s':>13}{'peak MB':>14}")
-    for pair in pairs:
-        for method in ("lrerr", "xception"):
-            r = pair[method]
+        print(f"GPU: {gpu} ({next(r[BASELINE]['dtype'] for r in runs if 'gpu' in r[BASELINE])} autocast)")
+    print("default options at 224 px, random weights; medians. 'prep': the method's no-grad input step "
+          "(LRErr: base MAE reconstruction + attention maps); 'step': forward+losses+backward+optimizer; "
+          "'score': prep + eval forward. Ratios: xception img/s / the method's (how much slower it is)")
+    print(f"{'device':<7}{'batch':>6}{'steps':>6}{'method':>10}{'prep s':>8}{'step s':>8}{'train img/s':>13}"
+          f"{'score img/s':>13}{'train ×':>9}{'score ×':>9}{'peak MB':>14}")
+    for run in runs:
+        base = run[BASELINE]
+        for name, r in run.items():
             memory = f"{r['peak_mb']:.0f}" + (f" (+{r['added_mb']:.0f})" if "added_mb" in r else "")
-            print(f"{r['device']:<7}{r['batch']:>6}{r['steps']:>6}{method:>9}{r['prep_s']:>8.3f}{r['step_s']:>8.3f}"
-                  f"{r['train_img_s']:>13.1f}{r['score_img_s']:>13.1f}{memory:>14}")
-        lrerr, base = pair["lrerr"], pair["xception"]
-        print(f"{'':<19}{'ratio':>9}{'':>16}{base['train_img_s'] / lrerr['train_img_s']:>12.2f}x"
-              f"{base['score_img_s'] / lrerr['score_img_s']:>12.2f}x")
+            train, score = (base[k] / r[k] for k in ("train_img_s", "score_img_s"))
+            print(f"{r['device']:<7}{r['batch']:>6}{r['steps']:>6}{name:>10}{r['prep_s']:>8.3f}"
+                  f"{r['step_s']:>8.3f}{r['train_img_s']:>13.1f}{r['score_img_s']:>13.1f}"
+                  f"{train:>8.2f}x{score:>8.2f}x{memory:>14}")
 
 
 def main() -> None:
@@ -261,13 +257,13 @@ def main() -> None:
     mae.add_argument("--gpu-batch", type=int, default=64, help="batch on a GPU")
     mae.add_argument("--gpu-steps", type=int, default=20, help="timed steps on a GPU")
     mae.set_defaults(run=bench_mae)
-    det = models.add_parser("det", help="train-det step and scoring: LRErr vs the Xception baseline")
+    det = models.add_parser("det", help="train-det step and scoring of each method vs the Xception baseline")
     det.add_argument("--steps", type=int, default=3, help="timed steps on the CPU")
     det.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     det.add_argument("--cpu-batch", type=int, default=8, help="batch on the CPU")
     det.add_argument("--gpu-batch", type=int, default=32, help="batch on a GPU (the paper's)")
     det.add_argument("--gpu-steps", type=int, default=20, help="timed steps on a GPU")
-    det.add_argument("--mae-preset", default="base", help="MAE size whose reconstructions LRErr uses")
+    det.add_argument("--methods", default="", help="comma-separated methods (default: every registered one)")
     det.set_defaults(run=bench_det)
     args = parser.parse_args()
     args.run(args)

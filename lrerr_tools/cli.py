@@ -235,23 +235,18 @@ def train_mae(
     typer.echo(f"reconstructions: {out / GRIDS}/epoch-{manifest.counts['epochs']:03d}.png")
 
 
-@app.command("train-det")
+@app.command("train-det", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def train_det(
+    ctx: typer.Context,
     shard_dir: Annotated[Path, typer.Argument(help="The shard directory (output of `lrerr-tools shard`).")],
     out: Annotated[Path, typer.Option(help="Run directory: checkpoints, log.csv, manifest.")],
-    mae: Annotated[Path | None, typer.Option(
-        help="The train-mae run whose reconstructions make the attention maps (--method lrerr).")] = None,
     method: Annotated[str, typer.Option(
-        help="lrerr (attention from MAE reconstructions) or xception (the baseline, no MAE).")] = "lrerr",
+        help="A registered method: lrerr (the paper; needs --mae), xception (its baseline), recce, ... "
+             "`lrerr-tools methods` lists them with their own options.")] = "lrerr",
     methods: Annotated[list[str] | None, typer.Option(
         help="Fake methods to train on, comma-separated (default: all in the train split); every real "
              "face is kept and val is narrowed the same way.")] = None,
-    backbone: Annotated[str, typer.Option(help="timm model of both the detector and the frozen "
-                                               "feature extractor.")] = "legacy_xception",
-    attn_layers: Annotated[list[str] | None, typer.Option(
-        help="Backbone layers scaled by the attention maps, comma-separated (default: "
-             "block1,block2,block3).")] = None,
     pretrained: Annotated[bool, typer.Option(
         help="Start from timm's pretrained weights in the local cache (never downloaded).")] = True,
     weights: Annotated[Path | None, typer.Option(help="Start from this local weights file instead.")] = None,
@@ -259,7 +254,17 @@ def train_det(
     iters_per_epoch: Annotated[int, typer.Option(help="Steps per epoch (the paper: 200).")] = 200,
     batch_size: Annotated[int, typer.Option(
         help="Global batch, half real and half fake on average, split across torchrun processes.")] = 32,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (the paper: 1e-4).")] = 1e-4,
+    optimizer: Annotated[str | None, typer.Option(
+        help="adam, adamw or sgd (momentum 0.9) (default: the method's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the method's).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(
+        help="Weight decay, not on biases and norms (default: the method's).")] = None,
+    schedule: Annotated[str | None, typer.Option(
+        help="Learning-rate schedule: constant, cosine or step (default: the method's).")] = None,
+    step_size: Annotated[int | None, typer.Option(
+        help="Steps between decays of --schedule step (default: the method's).")] = None,
+    gamma: Annotated[float | None, typer.Option(
+        help="Factor of each --schedule step decay (default: the method's).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bfloat16 where supported).")] = True,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 4,
@@ -267,27 +272,48 @@ def train_det(
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, batches and masks.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in --out.")] = False,
 ) -> None:
-    """Train LRErr's detector (paper §III.C), or with --method xception the plain baseline.
+    """Train a detection method on the shards: LRErr (paper §III.C), its Xception baseline, RECCE, ...
+
+    A method's own options and parent runs follow the common ones, e.g. `--method lrerr --mae
+    RUN --attn-layers block1,block2`; `lrerr-tools methods NAME` lists them with their defaults.
 
     Multi-GPU: torchrun --nproc_per_node N -m lrerr_tools train-det ...
     """
-    from lrerr_tools.attention import XCEPTION_LAYERS
     from lrerr_tools.detector.train import DetTrainConfig, run
+    from lrerr_tools.methods import get_method
+    from lrerr_tools.methods.base import parse_cli_args
     from lrerr_tools.training import is_main_process
 
+    options, parents = parse_cli_args(get_method(method), ctx.args)
     manifest = run(DetTrainConfig(
-        shard_dir=str(shard_dir), out=str(out), mae=str(mae) if mae else None, method=method,
-        methods=split_commas(methods), backbone=backbone,
-        attn_layers=split_commas(attn_layers) or list(XCEPTION_LAYERS),
-        pretrained=pretrained, weights=str(weights) if weights else None, epochs=epochs,
-        iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, device=device, amp=amp,
-        workers=workers, resume=resume, seed=seed, overwrite=overwrite))
+        shard_dir=str(shard_dir), out=str(out), method=method, options=options, parents=parents,
+        methods=split_commas(methods), pretrained=pretrained, weights=str(weights) if weights else None,
+        epochs=epochs, iters_per_epoch=iters_per_epoch, batch_size=batch_size, optimizer=optimizer, lr=lr,
+        weight_decay=weight_decay, schedule=schedule, step_size=step_size, gamma=gamma, device=device,
+        amp=amp, workers=workers, resume=resume, seed=seed, overwrite=overwrite))
     if not is_main_process():
         return
     print_counts(f"train-det complete: {out}", manifest.counts)
     best = manifest.extra["best"]
     typer.echo(f"best epoch {best['epoch']} ({best['metric']} {best['value']:.4f}): "
                f"{out / manifest.extra['checkpoints']['best']}")
+
+
+@app.command("methods")
+@user_errors
+def methods_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Methods to describe (default: all).")] = None,
+    cost: Annotated[bool, typer.Option(
+        help="Count parameters and multiply-adds per 224 px face (builds each network).")] = True,
+    tsv: Annotated[bool, typer.Option(
+        help="Only a line per method for scripts: name, parent stages (comma-separated), baseline; "
+             "tab-separated.")] = False,
+) -> None:
+    """The registered detection methods: title, parent runs, shard fields, options, recipe and cost."""
+    from lrerr_tools.methods.describe import describe_methods, method_rows
+
+    for line in method_rows(names or None) if tsv else describe_methods(names or None, cost=cost):
+        typer.echo(line)
 
 
 @app.command()

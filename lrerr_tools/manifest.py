@@ -90,12 +90,13 @@ def read_manifest(stage_dir: str | Path) -> Manifest:
     return Manifest(**read_checked_json(path, "manifest"))
 
 
-def read_checked_json(path: Path, schema_name: str) -> dict:
-    """`path` parsed and checked against schemas/<schema_name>; a hand-edited or truncated
-    file is one LrerrError naming the file and the first field that is wrong."""
+def read_checked_json(path: Path, schema_name: str, checked: dict | None = None) -> dict:
+    """`path` parsed and checked against schemas/<schema_name> (or the `checked` schema made
+    from it); a hand-edited or truncated file is one LrerrError naming the file and the first
+    field that is wrong."""
     try:
         data = json.loads(path.read_text())
-        jsonschema.validate(data, schema(schema_name))
+        jsonschema.validate(data, checked or schema(schema_name))
     except json.JSONDecodeError as e:
         raise LrerrError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except jsonschema.ValidationError as e:

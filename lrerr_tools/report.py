@@ -8,6 +8,7 @@ note. Values are percentages with two decimals, as in the paper.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from collections.abc import Sequence
@@ -16,11 +17,11 @@ from pathlib import Path
 
 from lrerr_tools.atomic_io import atomic_write_bytes
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import read_checked_json
+from lrerr_tools.manifest import read_checked_json, schema
+from lrerr_tools.methods import all_methods
 from lrerr_tools.metrics import LEVELS
 
 METRICS_FILE = "metrics.json"
-DETECTORS = {"lrerr": "LRErr", "xception": "Xception"}
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 SHORT_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "NeuralTextures": "NT"}
 PAPER_COMPRESSIONS = ("c23", "c40")
@@ -49,15 +50,22 @@ class Run:
 
     def describe(self) -> str:
         train, test = self.train, self.test
-        return (f"{DETECTORS[self.detector]}, trained on {_data(train)}, "
+        return (f"{_title(self.detector)}, trained on {_data(train)}, "
                 f"tested on {_data(test)} ({test['split']} split)")
+
+
+def metrics_schema() -> dict:
+    """metrics.json's schema, its detector method restricted to the registered methods."""
+    checked = copy.deepcopy(schema("metrics"))
+    checked["properties"]["run"]["properties"]["train"]["properties"]["method"]["enum"] = list(all_methods())
+    return checked
 
 
 def load_run(score_dir: str | Path) -> Run:
     path = Path(score_dir) / METRICS_FILE
     if not path.is_file():
         raise LrerrError(f"{score_dir}: no {METRICS_FILE} — is this a score directory?")
-    return Run(Path(score_dir), read_checked_json(path, "metrics"))
+    return Run(Path(score_dir), read_checked_json(path, "metrics", metrics_schema()))
 
 
 @dataclass
@@ -111,9 +119,8 @@ def in_dataset(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table
     table = Table("Table I — in-dataset (FF++)",
                   "trained and tested on the same FF++ methods, all four of " + _methods(FFPP_METHODS),
                   ["Detector"] + [f"{c} {_metric(m)}" for c in comps for m in ("acc", "auc")])
-    if cells.values:
-        table.rows = [[name] + [cells.get((detector, c, m)) for c in comps for m in ("acc", "auc")]
-                      for detector, name in DETECTORS.items()]
+    table.rows = [[_title(detector)] + [cells.get((detector, c, m)) for c in comps for m in ("acc", "auc")]
+                  for detector in _detectors(cells)]
     return table, cells.used()
 
 
@@ -132,7 +139,7 @@ def cross_manipulation(runs: Sequence[Run], level: str, notes: list[str]) -> tup
         values = [cells.get((detector, train, comp, m)) for m in tests]
         # An average over fewer columns than its neighbours' would not compare with them.
         avg = None if None in values else sum(values) / len(values)
-        table.rows.append([DETECTORS[detector], _short(train), comp, *values, avg])
+        table.rows.append([_title(detector), _short(train), comp, *values, avg])
     return table, cells.used()
 
 
@@ -152,9 +159,8 @@ def leave_one_out(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Ta
     table = Table("Table III — leave-one-out (FF++)",
                   "trained on three FF++ methods and tested on the fourth, Deepfakes or Face2Face",
                   ["Detector"] + [f"GID-{_short(t)} {c} {_metric(m)}" for t, c, m in columns])
-    if cells.values:
-        table.rows = [[name] + [cells.get((detector, *column)) for column in columns]
-                      for detector, name in DETECTORS.items()]
+    table.rows = [[_title(detector)] + [cells.get((detector, *column)) for column in columns]
+                  for detector in _detectors(cells)]
     return table, cells.used()
 
 
@@ -183,25 +189,30 @@ def cross_dataset(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Ta
     if not any(key[2] in CROSS_DATASETS for key in cells.values):
         return table, set()
     for detector, comp in cells.keys(2):
-        table.rows.append([DETECTORS[detector], comp, *(cells.get((detector, comp, d)) for d in datasets)])
+        table.rows.append([_title(detector), comp, *(cells.get((detector, comp, d)) for d in datasets)])
     return table, cells.used()
 
 
 def ablation(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:
-    """Table V: LRErr against the plain Xception baseline, on the cross-dataset AUCs."""
+    """Table V: each method against the baseline it declares (LRErr, RECCE: the plain
+    Xception), on the cross-dataset AUCs."""
     cells = cross_dataset_cells(runs, level, notes, "Table V", list(CROSS_DATASETS))
-    table = Table("Table V — ablation: LRErr vs the Xception baseline (AUC, trained on FF++)",
-                  "of both LRErr and Xception, trained on all of FF++ and tested on Celeb-DF-v2 or DFD",
-                  ["Detector", "Train comp", *CROSS_DATASETS.values()])
+    table = Table("Table V — ablation: each method against its baseline (AUC, trained on FF++)",
+                  "of a method and its baseline (LRErr and Xception), trained on all of FF++ and tested on "
+                  "Celeb-DF-v2 or DFD", ["Detector", "Train comp", *CROSS_DATASETS.values()])
     used: set[Path] = set()
+    pairs = [(name, m.baseline) for name, m in all_methods().items() if m.baseline]
     for comp in sorted({key[1] for key in cells.values}, key=str):
-        lrerr, base = ([cells.get((detector, comp, dataset)) for dataset in CROSS_DATASETS]
-                       for detector in ("lrerr", "xception"))
-        if all(v is None for v in lrerr) or all(v is None for v in base):
-            continue
-        gain = [None if r is None or x is None else f"{100 * (r - x):+.2f}" for r, x in zip(lrerr, base)]
-        table.rows += [["Xception", comp, *base], ["LRErr", comp, *lrerr], ["LRErr − Xception", comp, *gain]]
-        used |= {path for key, path in cells.sources.items() if key[1] == comp}
+        for method, baseline in pairs:
+            ours, base = ([cells.get((detector, comp, dataset)) for dataset in CROSS_DATASETS]
+                          for detector in (method, baseline))
+            if all(v is None for v in ours) or all(v is None for v in base):
+                continue
+            gain = [None if r is None or x is None else f"{100 * (r - x):+.2f}" for r, x in zip(ours, base)]
+            table.rows += [[_title(baseline), comp, *base], [_title(method), comp, *ours],
+                           [f"{_title(method)} − {_title(baseline)}", comp, *gain]]
+            used |= {path for key, path in cells.sources.items()
+                     if key[1] == comp and key[0] in (method, baseline)}
     return table, used
 
 
@@ -307,10 +318,19 @@ def _ordered(methods: set[str]) -> list[str]:
 
 
 def _row_order(key: tuple) -> tuple:
-    """Rows go by train method (paper order) or compression, LRErr before Xception."""
+    """Rows go by train method (paper order) or compression, then by detector name."""
     detector, *rest = key
     ranks = [(FFPP_METHODS.index(v), "") if v in FFPP_METHODS else (len(FFPP_METHODS), v or "") for v in rest]
-    return (*ranks, list(DETECTORS).index(detector))
+    return (*ranks, list(all_methods()).index(detector))
+
+
+def _detectors(cells: Cells) -> list[str]:
+    """The detector methods with a filled cell, in registry order: one table row each."""
+    return [name for name in all_methods() if any(key[0] == name for key in cells.values)]
+
+
+def _title(method: str) -> str:
+    return all_methods()[method].title
 
 
 def _metric(name: str) -> str:

@@ -7,13 +7,14 @@ shard directory, and the paper's metrics on it.
     OUT/frames.csv                     video_id, method, label, frame_index, prob
     OUT/videos.csv                     per video: the mean prob of its frames
     OUT/roc.png                        frame- and video-level ROC curves
-    OUT/attention.png                  lrerr only: faces, reconstructions and attention maps
+    OUT/attention.png                  the method's figure, if it has one (LRErr: faces,
+                                       reconstructions and attention maps)
     OUT/work/config.json               the config OUT was claimed with (see stage_dir.py)
 
 A frame's prob is sigmoid(logit); a video's is the mean over its frames, grouped by the
 full video_id ("Deepfakes/000_003" and "FaceSwap/000_003" are two videos). The manifest's
-parent is the shard directory; the detector run (and through it the MAE) is recorded by hash
-in config and extra. Rerunning with the same inputs finds the result there.
+parent is the shard directory; the detector run (and through it its parent runs, such as
+LRErr's MAE) is recorded by hash in config and extra. Rerunning with the same inputs finds the result there.
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ from typing import ClassVar
 
 import jsonschema
 import numpy as np
+from torch.utils.data import default_collate
 
 from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json
 from lrerr_tools.detector.checkpoint import load_detector
-from lrerr_tools.detector.overlays import attention_figure, pick_faces
+from lrerr_tools.detector.overlays import pick_faces
 from lrerr_tools.detector.predict import predict
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.grid import write_grid
-from lrerr_tools.manifest import Manifest, link, linked_dir, open_parent, schema, write_stage
+from lrerr_tools.manifest import Manifest, open_parent, write_stage
 from lrerr_tools.metrics import LEVELS, compute_metrics, roc_plot, video_rows
-from lrerr_tools.report import DETECTORS, METRICS_FILE
+from lrerr_tools.report import METRICS_FILE, metrics_schema
 from lrerr_tools.shard_dataset import SPLITS, ShardDataset
 from lrerr_tools.stage_dir import existing_manifest, prepare_output
 from lrerr_tools.training import resolve_device
@@ -50,7 +52,6 @@ FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE = "frames.csv", "videos.csv", "
 OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE)
 FRAME_FIELDS = ["video_id", "method", "label", "frame_index", "prob"]
 VIDEO_FIELDS = ["video_id", "method", "label", "frames", "prob"]
-NO_ATTENTION = "none: the xception baseline has no attention maps"
 
 
 @dataclass
@@ -98,8 +99,7 @@ def run(cfg: ScoreConfig) -> Manifest:
     device = resolve_device(cfg.device)
     shards = open_parent(cfg.shard_dir, "shard")
     detector_run = open_parent(cfg.detector, "train-det")
-    dataset = ShardDataset(shards.path, split=cfg.split)
-    if len(dataset) == 0:
+    if len(ShardDataset(shards.path, split=cfg.split)) == 0:
         raise LrerrError(f"{shards.path}: no faces in the {cfg.split} split — nothing to score")
     out = Path(cfg.out)
     identity = cfg.identity(shards.sha256, detector_run.sha256)
@@ -109,30 +109,30 @@ def run(cfg: ScoreConfig) -> Manifest:
         return previous
     # Everything that can refuse the inputs comes before OUT is claimed.
     test_data = {**describe_split(shards, cfg.split), "split": cfg.split}
-    detector, reconstructor, detector_run = load_detector(cfg.detector, device)
-    if reconstructor is not None:
-        reconstructor.check(dataset)
+    loaded = load_detector(cfg.detector, device)
+    method, net, context, detector_run = loaded.method, loaded.net, loaded.context, loaded.run
+    dataset = ShardDataset(shards.path, split=cfg.split, fields=method.fields)
+    method.check_data(dataset, context)
     prepare_output(out, STAGE, identity, cfg.overwrite, OUTPUTS)
-    rows, _ = predict(detector, reconstructor, dataset, batch_size=cfg.batch_size, workers=cfg.workers,
+    rows, _ = predict(method, net, context, dataset, batch_size=cfg.batch_size, workers=cfg.workers,
                       device=device, dtype=None, desc=f"score {cfg.split}")
 
-    extra = detector_run.manifest.extra
-    train_data = {**extra["train_data"], "method": detector.method}
+    train_data = {**detector_run.manifest.extra["train_data"], "method": method.name}
     metrics = {"run": {"train": train_data, "test": test_data}, **compute_metrics(rows)}
-    jsonschema.validate(metrics, schema("metrics"))  # what `report` will demand of it
+    jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)
     videos = video_rows(rows)
     atomic_write_bytes(out / FRAMES_CSV, _csv_bytes(rows, FRAME_FIELDS))
     atomic_write_bytes(out / VIDEOS_CSV, _csv_bytes(videos, VIDEO_FIELDS))
-    title = f"{DETECTORS[detector.method]} on {test_data['dataset']} {cfg.split}"
-    roc_plot(rows, out / ROC_FILE, title=title)
-    attention = NO_ATTENTION
-    if reconstructor is not None and cfg.overlays:
+    roc_plot(rows, out / ROC_FILE, title=f"{method.title} on {test_data['dataset']} {cfg.split}")
+    attention = f"none: {method.title} has no figure"
+    if method.figure_title and cfg.overlays:
         picks = pick_faces(dataset.labels, cfg.overlays)
-        write_grid(out / ATTENTION_FILE, attention_figure(detector, reconstructor, dataset, picks,
-                                                          [rows[i]["prob"] for i in picks], device))
+        batch = default_collate([dataset[i] for i in picks])
+        write_grid(out / ATTENTION_FILE, method.figure(net, context, batch, [rows[i]["prob"] for i in picks],
+                                                       device))
         attention = ATTENTION_FILE
-    elif reconstructor is not None:
+    elif method.figure_title:
         attention = "none: --overlays 0"
 
     labels = np.array([r["label"] for r in rows])
@@ -141,13 +141,11 @@ def run(cfg: ScoreConfig) -> Manifest:
               "videos": len(videos), "videos_real": int((video_labels == 0).sum()),
               "videos_fake": int(video_labels.sum())}
     summary = {level: {k: metrics[level][k] for k in ("auc", "acc", "ap", "eer")} for level in LEVELS}
-    mae = None  # the detector's link to its MAE, re-based from the detector's directory to OUT
-    if extra["mae"] is not None:
-        mae = link(linked_dir(detector_run.path, extra["mae"]), out, extra["mae"]["sha256"])
+    parents = {name: d.as_parent(out) for name, d in loaded.parents.items()}  # re-based to OUT
     manifest = Manifest(stage=STAGE, config=identity,
                         parent=shards.as_parent(out), counts=counts, complete=True,
-                        extra={"detector": detector_run.as_parent(out), "method": detector.method,
-                               "mae": mae, "run": metrics["run"], "metrics": summary,
+                        extra={"detector": detector_run.as_parent(out), "method": method.name,
+                               "parents": parents, "run": metrics["run"], "metrics": summary,
                                "attention": attention})
     return write_stage(out, manifest, ({**r, "split": cfg.split} for r in rows))
 

@@ -4,8 +4,10 @@
     loader = DataLoader(ds, batch_size=32, sampler=balanced_sampler(ds), num_workers=4)
 
 At construction it reads the shard index from the manifest and, from each shard of the
-split, only the small per-face arrays (label, method, video, frame, key mask), to filter
-and to keep in memory (the key masks bit-packed: 25 bytes a face). The HDF5 image
+split, only the small per-face arrays (label, method, video, frame, and the key mask when
+asked for), to filter and to keep in memory (the key masks bit-packed: 25 bytes a face).
+`fields` names the optional per-face keys an item carries: `key_mask`, `landmarks` (read
+with the image). The HDF5 image
 datasets are opened lazily, once per process, on first access: a DataLoader worker opens its
 own handles, and pickling the dataset (which starting workers does) drops any open ones.
 """
@@ -26,6 +28,7 @@ from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import open_parent
 
 SPLITS = ("train", "val", "test", "unassigned")
+OPTIONAL_FIELDS = ("key_mask", "landmarks")
 
 
 class ShardDataset(Dataset):
@@ -34,14 +37,20 @@ class ShardDataset(Dataset):
     `fake_methods` keeps every real face but only the fakes of these methods (training on a
     subset of manipulations); `methods` filters reals and fakes alike.
 
-    An item is a dict: `image` uint8 tensor (3,S,S) RGB, `key_mask` bool tensor (G*G,),
-    `label` int, `video_id` str, `frame_index` int and `method` str.
+    An item is a dict: `image` uint8 tensor (3,S,S) RGB, `label` int, `video_id` str,
+    `frame_index` int and `method` str; with `fields`, also `key_mask` bool tensor (G*G,)
+    and `landmarks` float32 tensor (68, 2) in crop pixels.
     """
 
     def __init__(self, shard_dir: str | Path, split: str | None = "train",
                  labels: Iterable[int] | None = None, methods: Iterable[str] | None = None,
-                 fake_methods: Iterable[str] | None = None):
+                 fake_methods: Iterable[str] | None = None, fields: Iterable[str] = ()):
         self.shard_dir = Path(shard_dir)
+        self.fields = tuple(fields)
+        unknown = [f for f in self.fields if f not in OPTIONAL_FIELDS]
+        if unknown:
+            raise LrerrError(f"unknown shard field {unknown[0]!r}; the optional ones are "
+                             f"{', '.join(OPTIONAL_FIELDS)}")
         if split is not None and split not in SPLITS:
             raise LrerrError(f"split must be one of {', '.join(SPLITS)} or None (got {split!r})")
         manifest = open_parent(self.shard_dir, "shard").manifest
@@ -78,7 +87,12 @@ class ShardDataset(Dataset):
                 video = f["video_index"][:]
                 method = f["method_index"][:]
                 codec = f.attrs["codec"]
-                key_mask = f["key_mask"][:]
+                absent = [name for name in self.fields if name not in f]
+                if absent:
+                    raise LrerrError(f"{self.shard_dir / entry['file']}: has no {absent[0]} — these shards "
+                                     f"cannot feed a reader of {', '.join(self.fields)}; rebuild them with "
+                                     "`lrerr-tools shard`")
+                key_mask = f["key_mask"][:] if "key_mask" in self.fields else np.zeros((len(label), 0), bool)
             keep = np.ones(len(label), bool)
             if labels is not None:
                 keep &= np.isin(label, list(labels))
@@ -93,7 +107,8 @@ class ShardDataset(Dataset):
             to_method = np.array([method_lookup.setdefault(m, len(method_lookup)) for m in shard_methods],
                                  np.int32)
             rows = np.flatnonzero(keep)
-            self._mask_len = key_mask.shape[1]
+            if key_mask.shape[1]:
+                self._mask_len = key_mask.shape[1]
             parts["key_bits"].append(np.packbits(key_mask[rows], axis=1))
             parts["shard"].append(np.full(len(rows), len(self.files), np.int32))
             parts["row"].append(rows.astype(np.int32))
@@ -127,15 +142,19 @@ class ShardDataset(Dataset):
             if bgr is None:
                 raise OSError(f"{self.files[shard]}: image {row} does not decode")
             image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "key_mask": torch.from_numpy(
-                np.unpackbits(self._key_bits[index], count=self._mask_len).astype(bool)),
             "label": int(self.labels[index]),
             "video_id": self.video_ids[self._video[index]],
             "frame_index": int(self.frame_index[index]),
             "method": self.method_names[self._method[index]],
         }
+        if "key_mask" in self.fields:
+            item["key_mask"] = torch.from_numpy(
+                np.unpackbits(self._key_bits[index], count=self._mask_len).astype(bool))
+        if "landmarks" in self.fields:
+            item["landmarks"] = torch.from_numpy(self._handles[shard][0]["landmarks"][row].astype(np.float32))
+        return item
 
     def _images(self, shard: int):
         if self._pid != os.getpid():  # forked after opening: the parent's handles are not ours

@@ -16,6 +16,7 @@ import io
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +31,8 @@ from lrerr_tools.atomic_io import atomic_write_bytes
 from lrerr_tools.errors import LrerrError
 
 DEVICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("adam", "adamw")
-ADAMW_BETAS = (0.9, 0.95)  # the MAE recipe
-ADAMW_WEIGHT_DECAY = 0.05
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
 CHECKPOINT_FORMAT = 1
 
 
@@ -96,6 +96,31 @@ class Distributed:
         value = value.detach().clone()
         torch_dist.all_reduce(value)
         return value / self.world_size
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's `tensor`, concatenated in rank order along dim 0. Gradients flow back
+        to each rank's own part, so a loss over the gathered batch trains as if one process
+        held the whole global batch."""
+        if not self.enabled:
+            return tensor
+        from torch.distributed.nn.functional import all_gather
+
+        # Deprecated in new torch for a private replacement that torch 2.4 lacks; it still works.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather(tensor.contiguous()))
+
+    def masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The global batch's mean of `values[mask]`, as this rank's share: the ranks' mean of
+        the result (and of its gradient, which is what DDP averages) is that mean. 0, with a
+        graph, when no rank has a masked value."""
+        values = values.float()
+        count = mask.sum().float()
+        if self.enabled:
+            count = count.clone()
+            torch_dist.all_reduce(count)
+        total = (values * mask).sum()
+        return total * self.world_size / count.clamp(min=1)
 
 
 def is_main_process() -> bool:
@@ -168,32 +193,48 @@ def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: 
     scaler.update()
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float,
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
                     no_weight_decay: tuple[str, ...] = ()) -> torch.optim.Optimizer:
-    """`adam`: plain Adam (the paper's setting). `adamw`: the MAE recipe, betas (0.9, 0.95),
-    weight decay 0.05 on weight matrices only (not biases, norms or `no_weight_decay`)."""
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
-    if name == "adamw":
+    """`adam`, `adamw` or `sgd` (with `momentum`) over the trainable parameters of `model`.
+
+    With weight decay, biases, norms and `no_weight_decay` are left undecayed (timm's grouping,
+    as in the MAE and most timm recipes); without, every trainable parameter is one group.
+    """
+    if name not in OPTIMIZERS:
+        raise LrerrError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
+    if weight_decay:
         from timm.optim import param_groups_weight_decay
 
-        groups = param_groups_weight_decay(model, ADAMW_WEIGHT_DECAY, no_weight_decay_list=no_weight_decay)
-        return torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS)
-    raise LrerrError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
+        params = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.0)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per iteration. Constant for `adam` (the paper gives no schedule); for
-    `adamw`, linear warm-up over `warmup_steps`, then cosine to zero at `total_steps`."""
-    if name != "adamw":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int = 0,
+                    step_size: int = 0, gamma: float = 0.5) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per iteration: linear warm-up over `warmup_steps`, then `constant`,
+    `cosine` (to zero at `total_steps`) or `step` (times `gamma` every `step_size` steps,
+    counted from the start, like torch's StepLR)."""
+    if schedule not in SCHEDULES:
+        raise LrerrError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
+    if schedule == "step" and step_size < 1:
+        raise LrerrError(f"--step-size must be at least 1 for the step schedule (got {step_size})")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if schedule == "step":
+            return gamma ** (step // step_size)
+        return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

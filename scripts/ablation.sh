@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Table V, ablation: LRErr against the plain Xception baseline (the same trainer without the
-# MAE and the attention maps), both trained on all of FF++ c23 and tested on Celeb-DF-v2 and
-# DFD.
+# Table V, ablation: each --method (default LRErr) against the baseline it declares (for
+# LRErr and RECCE the plain Xception: the same trainer without the MAE and the attention
+# maps), all trained on all of FF++ c23 and tested on Celeb-DF-v2 and DFD.
 #
 #   scripts/ablation.sh --ffpp /data/FaceForensics++ --celebdf /data/Celeb-DF-v2 --work work
 #
@@ -10,7 +10,7 @@
 
 source "$(dirname "$0")/lib.sh"
 parse_args "$@"
-DETECTORS="lrerr xception"
+with_baselines
 
 cross_dataset_scores
 report ablation

@@ -4,7 +4,7 @@
 #
 #   scripts/cross_manip.sh --ffpp /data/FaceForensics++ --work work
 #
-# Four detectors per entry of DETECTORS, in WORK/ffpp-<comp>/det/<detector>-<method>; the
+# Four detectors per --method, in WORK/ffpp-<comp>/det/<detector>-<method>; the
 # table goes to WORK/reports/cross-manipulation.md. The paper's table is at c23.
 
 source "$(dirname "$0")/lib.sh"
@@ -12,7 +12,7 @@ parse_args "$@"
 
 prepare ffpp
 train_mae
-for detector in $DETECTORS; do
+for detector in "${DETECTORS[@]}"; do
     for method in ${PAPER_METHODS//,/ }; do
         train_det "$detector-$method" "$detector" "$method"
         score "$detector-$method" ffpp

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: write a small FF++-layout sample made from scikit-image's astronaut, then run the
-# whole pipeline on it with tiny settings: the protocol scripts' steps, with LRErr and the
-# Xception baseline side by side (Table I's two rows).
+# whole pipeline on it with tiny settings: the protocol scripts' steps, with LRErr, its
+# Xception baseline and RECCE side by side (Table I's rows; METHOD= chooses others).
 #
 #   scripts/demo.sh [WORK]      (default demo-out; `make demo` runs it)
 #
@@ -16,14 +16,14 @@ work=${1:-demo-out}
 # A tiny MAE for 2 short epochs and 10 detector steps from random weights (nothing is
 # downloaded): enough to see every stage work, not to learn faces.
 : "${FRAMES:=8}" "${MAE_EPOCHS:=2}" "${MAE_STEPS:=20}" "${DET_ITERS:=10}" "${JOBS:=2}"
-DETECTORS="lrerr xception"
+: "${METHOD:=lrerr,xception,recce}"
 parse_args --ffpp "$work/sample" --work "$work" --profile tiny
 
 [ -f "$work/sample/splits/test.json" ] || step sample lrerr-tools sample "$work/sample"
 prepare ffpp
 step verify lrerr-tools verify "$FFPP_DIR/shards"
 train_mae
-for detector in $DETECTORS; do
+for detector in "${DETECTORS[@]}"; do
     train_det "$detector" "$detector"
     score "$detector" ffpp
 done
@@ -36,7 +36,7 @@ key region (check it first): $FFPP_DIR/landmarks/key_region.png
 shards:    $FFPP_DIR/shards/shards/<split>-<k>.h5 (read with lrerr_tools.shard_dataset.ShardDataset)
 MAE run:   $MAE_DIR/log.csv, checkpoints/best.pt (load with lrerr_tools.mae.checkpoint.load_mae)
 reconstructions (original | masked | reconstruction | |difference|): $MAE_DIR/grids/
-detectors: $FFPP_DIR/det/{lrerr,xception} (log.csv, checkpoints/best.pt)
-scores:    $FFPP_DIR/score/{lrerr,xception}/ffpp-$COMP (metrics.json, CSVs, roc.png, attention.png)
+detectors: $FFPP_DIR/det/{${DETECTORS[*]// /,}} (log.csv, checkpoints/best.pt)
+scores:    $FFPP_DIR/score/{${DETECTORS[*]// /,}}/ffpp-$COMP (metrics.json, CSVs, roc.png, attention.png)
 report:    $WORK/reports/demo.md (above; the test split after 10 steps from random weights)
 EOF

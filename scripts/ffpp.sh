@@ -4,8 +4,8 @@
 #
 #   scripts/ffpp.sh --ffpp /data/FaceForensics++ --work work [--comp c40]
 #
-# Runs extract, landmarks, shard, train-mae, train-det (DETECTORS="lrerr xception" adds the
-# baseline's row), score and report: WORK/reports/in-dataset.md. Run it once with --comp c23
+# Runs extract, landmarks, shard, train-mae (for methods that need it), train-det
+# (--method lrerr,xception adds the baseline's row), score and report: WORK/reports/in-dataset.md. Run it once with --comp c23
 # and once with --comp c40 for both of the table's column groups.
 
 source "$(dirname "$0")/lib.sh"
@@ -13,7 +13,7 @@ parse_args "$@"
 
 prepare ffpp
 train_mae
-for detector in $DETECTORS; do
+for detector in "${DETECTORS[@]}"; do
     train_det "$detector" "$detector"
     score "$detector" ffpp
 done

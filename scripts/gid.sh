@@ -12,7 +12,7 @@ parse_args "$@"
 
 prepare ffpp
 train_mae
-for detector in $DETECTORS; do
+for detector in "${DETECTORS[@]}"; do
     for target in Deepfakes Face2Face; do
         others=$(tr , '\n' <<<"$PAPER_METHODS" | grep -vx "$target" | paste -sd,)
         train_det "$detector-gid-$target" "$detector" "$others"

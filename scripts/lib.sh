@@ -36,10 +36,13 @@ SETTINGS_HELP='Options (each also read from the environment variable in brackets
   --work DIR          work directory, shared by all scripts [WORK; default: work]
   --comp c23|c40      FF++ compression to train on [COMP; default: c23]
   --profile NAME      paper (the paper'"'"'s settings) or tiny (minutes on a laptop) [PROFILE]
+  --method NAMES      detection methods to train and score, comma-separated [METHOD; default: lrerr;
+                      `lrerr-tools methods` lists them]
 Settings the profile chooses, each overridable by its variable: FRAMES (per video), MAE_PRESET,
 MAE_EPOCHS, MAE_STEPS (cap per epoch), DET_EPOCHS, DET_ITERS, BATCH, WORKERS, PRETRAINED (0/1),
-JOBS (videos in parallel, 0 = a core each), DETECTORS (lrerr and/or xception).
-Extra stage options: EXTRACT_ARGS, LANDMARKS_ARGS, SHARD_ARGS, MAE_ARGS, DET_ARGS, SCORE_ARGS.
+JOBS (videos in parallel, 0 = a core each).
+Extra stage options: EXTRACT_ARGS, LANDMARKS_ARGS, SHARD_ARGS, MAE_ARGS, DET_ARGS (every method),
+DET_ARGS_<method> (one method'"'"'s own options, e.g. DET_ARGS_lrerr="--attn-layers block2"), SCORE_ARGS.
 MAE=RUN_DIR uses that finished train-mae run instead of training one. TRAIN_LAUNCH runs the
 training stages, e.g. "torchrun --nproc_per_node 8 -m lrerr_tools" (default: lrerr-tools).'
 
@@ -52,7 +55,7 @@ parse_args() {
                 echo "$SETTINGS_HELP"
                 exit 0
                 ;;
-            --ffpp | --ffpp-splits | --celebdf | --celebdf-list | --dfd | --work | --comp | --profile)
+            --ffpp | --ffpp-splits | --celebdf | --celebdf-list | --dfd | --work | --comp | --profile | --method)
                 (($# >= 2)) || die "$1 needs a value"
                 case $1 in
                     --ffpp) FFPP_ROOT=$2 ;;
@@ -63,6 +66,7 @@ parse_args() {
                     --work) WORK=$2 ;;
                     --comp) COMP=$2 ;;
                     --profile) PROFILE=$2 ;;
+                    --method) METHOD=$2 ;;
                 esac
                 shift 2
                 ;;
@@ -85,11 +89,8 @@ settings() {
             ;;
         *) die "--profile must be paper or tiny (got '$PROFILE')" ;;
     esac
-    : "${COMP:=c23}" "${JOBS:=0}" "${WORK:=work}" "${DETECTORS:=lrerr}" "${TRAIN_LAUNCH:=lrerr-tools}"
+    : "${COMP:=c23}" "${JOBS:=0}" "${WORK:=work}" "${METHOD:=lrerr}" "${TRAIN_LAUNCH:=lrerr-tools}"
     case $COMP in c23 | c40) ;; *) die "--comp must be c23 or c40 (got '$COMP')" ;; esac
-    for detector in $DETECTORS; do
-        case $detector in lrerr | xception) ;; *) die "DETECTORS: lrerr or xception, not '$detector'" ;; esac
-    done
     # Checked here so that a typo stops the script before hours of work, not at the stage that reads it.
     local name
     for name in FRAMES MAE_EPOCHS DET_EPOCHS DET_ITERS BATCH; do
@@ -109,6 +110,42 @@ settings() {
     read -ra LAUNCH <<<"$TRAIN_LAUNCH"
     FFPP_DIR=$WORK/ffpp-$COMP
     MAE_DIR=${MAE:-$FFPP_DIR/mae}
+    methods ${METHOD//,/ }
+}
+
+declare -A NEEDS BASELINE
+methods() { # methods NAME...: check the names and learn each one's parent stages and baseline
+    local info name needs baseline
+    local status=0
+    info=$(lrerr-tools methods --tsv "$@") || status=$?
+    if ((status == 130 || status == 143)); then
+        echo "$SCRIPT: interrupted. Rerun the same command to resume." >&2
+        exit "$status"
+    fi
+    ((status == 0)) || die "--method: see the error above"
+    DETECTORS=()
+    while IFS=$'\t' read -r name needs baseline; do
+        DETECTORS+=("$name")
+        NEEDS[$name]=$needs
+        BASELINE[$name]=$baseline
+    done <<<"$info"
+}
+
+with_baselines() { # DETECTORS and the baselines they are compared with (Table V), each once
+    local name all=()
+    for name in "${DETECTORS[@]}"; do
+        [ -z "${BASELINE[$name]}" ] || [[ " ${all[*]} " == *" ${BASELINE[$name]} "* ]] || all+=("${BASELINE[$name]}")
+        [[ " ${all[*]} " == *" $name "* ]] || all+=("$name")
+    done
+    methods "${all[@]}"
+}
+
+needs_mae() { # needs_mae: does any of DETECTORS train on a train-mae run?
+    local name
+    for name in "${DETECTORS[@]}"; do
+        [[ ,${NEEDS[$name]}, != *,train-mae,* ]] || return 0
+    done
+    return 1
 }
 
 need_dir() { # need_dir VALUE OPTION WHAT
@@ -177,7 +214,8 @@ prepare() { # prepare DATASET: extract, landmarks and shards
     after_extract "$1"
 }
 
-train_mae() { # the MAE on FF++'s real train faces, unless MAE names a finished run
+train_mae() { # the MAE on FF++'s real train faces, if a method needs one and MAE names no finished run
+    needs_mae || return 0
     if [ -n "${MAE:-}" ]; then
         echo "== $SCRIPT: using the MAE run $MAE" >&2
         return
@@ -189,13 +227,15 @@ train_mae() { # the MAE on FF++'s real train faces, unless MAE names a finished 
 }
 
 train_det() { # train_det RUN DETECTOR [FAKE_METHODS]: a detector on FF++ train, in ffpp-<comp>/det/RUN
-    local options=(--method "$2")
-    [ "$2" = xception ] || options+=(--mae "$MAE_DIR")
+    local options=(--method "$2") own own_args
+    [[ ,${NEEDS[$2]}, != *,train-mae,* ]] || options+=(--mae "$MAE_DIR")
+    own=DET_ARGS_${2//-/_}
+    read -ra own_args <<<"${!own:-}"
     [ -z "${3:-}" ] || options+=(--methods "$3")
     if [ "$PRETRAINED" = 1 ]; then options+=(--pretrained); else options+=(--no-pretrained); fi
     step "train-det $1" "${LAUNCH[@]}" train-det "$FFPP_DIR/shards" --out "$FFPP_DIR/det/$1" "${options[@]}" \
         --epochs "$DET_EPOCHS" --iters-per-epoch "$DET_ITERS" --batch-size "$BATCH" --workers "$WORKERS" \
-        --resume "${DET_EXTRA[@]}"
+        --resume "${DET_EXTRA[@]}" "${own_args[@]}"
 }
 
 score_dir() { # score_dir RUN DATASET COMP: where `score` puts RUN (trained at COMP) on DATASET
@@ -228,7 +268,7 @@ report() { # report TABLE: the tables this script's scores fill, in WORK/reports
     cat "$WORK/reports/$1.md"
 }
 
-cross_dataset_scores() { # each of DETECTORS trained on all of FF++, scored on FF++, Celeb-DF-v2 and DFD
+cross_dataset_scores() { # each of METHOD trained on all of FF++, scored on FF++, Celeb-DF-v2 and DFD
     local dataset detector
     # A missing root, then a wrong layout or split list, stops the script now, not after hours of FF++.
     for dataset in ffpp celebdf dfd; do
@@ -242,7 +282,7 @@ cross_dataset_scores() { # each of DETECTORS trained on all of FF++, scored on F
         prepare "$dataset"
     done
     train_mae
-    for detector in $DETECTORS; do
+    for detector in "${DETECTORS[@]}"; do
         train_det "$detector" "$detector"
         for dataset in ffpp celebdf dfd; do
             score "$detector" "$dataset"

@@ -99,7 +99,7 @@ def test_unmatched_tables_are_left_out_with_a_note(dirs, tmp_path):
     write_report([dirs["in23"], dirs["in23"]], out)
     text = out.read_text()
     assert "Table I — in-dataset" in text and "## Table II" not in text
-    assert "Table V — ablation: LRErr vs the Xception baseline (AUC, trained on FF++): left out" in text
+    assert "Table V — ablation: each method against its baseline (AUC, trained on FF++): left out" in text
     assert f"fills the same cell ('lrerr', 'c23', 'acc') as {dirs['in23']}" in text
     assert sorted(p.name for p in tmp_path.glob("r.*")) == ["r.in-dataset.csv", "r.md"]  # stale CSVs gone
 

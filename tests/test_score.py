@@ -84,7 +84,7 @@ def test_score_writes_metrics_csvs_and_plots(scored, method):
         assert f"attention: {out / 'attention.png'}" in output
     else:
         assert not (out / "attention.png").exists()
-        assert "attention: none: the xception baseline has no attention maps" in output
+        assert "attention: none: Xception has no figure" in output
 
 
 def test_report_builds_on_the_scores(scored, tmp_path):

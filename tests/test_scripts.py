@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from lrerr_tools.methods import all_methods
 from lrerr_tools.synth import make_celebdf_sample, make_ffpp_sample
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-TINY = {"PROFILE": "tiny", "FRAMES": "2", "DET_ARGS": "--backbone test_resnet --attn-layers layer1,layer2"}
+TINY = {"PROFILE": "tiny", "FRAMES": "2", "DET_ARGS_xception": "--backbone test_resnet",
+        "DET_ARGS_lrerr": "--backbone test_resnet --attn-layers layer1,layer2",
+        "DET_ARGS_recce": "--width 0.0625"}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ def test_ffpp_fills_table_one(data):
     rows = table(data, "in-dataset", "in-dataset")
     lrerr = rows[("LRErr",)]
     percent(lrerr["c23 Acc"]), percent(lrerr["c23 AUC"])
-    assert lrerr["c40 AUC"] == "" and rows[("Xception",)]["c23 AUC"] == ""
+    assert lrerr["c40 AUC"] == "" and ("Xception",) not in rows
     ffpp = data["work"] / "ffpp-c23"
     assert {p.name for p in ffpp.iterdir()} == {"extract", "landmarks", "shards", "mae", "det", "score"}
     extract = json.loads((ffpp / "extract" / "manifest.json").read_text())
@@ -120,6 +123,23 @@ def test_the_first_failing_stage_stops_the_script(data):
     assert "error: --out" in result.stderr and "made with another config (differs in frames)" in result.stderr
     assert "ffpp.sh: stopped at 'extract ffpp' (exit 2)" in result.stderr
     assert "== ffpp.sh: landmarks" not in result.stderr
+
+
+def test_any_registered_method_runs_through_a_script(data):
+    # RECCE needs no MAE: the script trains none for it, and reuses the prepared shards.
+    output = check(run_script("ffpp.sh", data, "--method", "recce"))
+    assert "== ffpp.sh: train-mae" not in output and "== ffpp.sh: extract ffpp" in output
+    rows = table(data, "in-dataset", "in-dataset")
+    percent(rows[("RECCE",)]["c23 AUC"])
+    config = json.loads((data["work"] / "ffpp-c23" / "det" / "recce" / "manifest.json").read_text())["config"]
+    assert config["method"] == "recce" and config["options"]["width"] == 0.0625
+
+
+def test_an_unknown_method_stops_the_script_before_any_work(data, tmp_path):
+    result = run_script("ffpp.sh", {**data, "work": tmp_path / "work"}, "--method", "lrerr,resnet")
+    assert result.returncode == 2
+    assert f"error: --method must be one of {', '.join(all_methods())} (got 'resnet')" in result.stderr
+    assert not (tmp_path / "work").exists()
 
 
 def test_cross_manip_fills_table_two(data):
@@ -216,7 +236,9 @@ def test_an_interrupted_stage_says_rerun_to_resume(data, tmp_path):
     # A stage killed by Ctrl-C or SIGTERM (exit 130 or 143) may print nothing: no "error above".
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "lrerr-tools").write_text("#!/bin/sh\nexit 130\n")
+    # It answers the scripts' question about the methods, and is interrupted at every stage.
+    answer = '[ "$1" = methods ] && printf "lrerr\\ttrain-mae\\t\\n" && exit 0'
+    (fake / "lrerr-tools").write_text(f"#!/bin/sh\n{answer}\nexit 130\n")
     (fake / "lrerr-tools").chmod(0o755)
     command = ["bash", str(SCRIPTS / "ffpp.sh"), "--ffpp", str(data["ffpp"]), "--work", str(tmp_path / "w")]
     env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}

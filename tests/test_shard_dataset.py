@@ -1,4 +1,5 @@
 import pickle
+import shutil
 from collections import Counter
 
 import cv2
@@ -50,7 +51,7 @@ def test_filters_select_by_split_label_and_method(shards, ok_records):
 
 def test_items_hold_the_source_crop(shards, ok_records, ffpp_root, tmp_path_factory):
     extract = shared_extract_dir(ffpp_root, tmp_path_factory)
-    dataset = ShardDataset(shards, split="val")
+    dataset = ShardDataset(shards, split="val", fields=("key_mask", "landmarks"))
     by_key = {(r["video_id"], r["frame_index"]): r for r in ok_records}
     for i in (0, 7, len(dataset) - 1):
         item = dataset[i]
@@ -61,13 +62,19 @@ def test_items_hold_the_source_crop(shards, ok_records, ffpp_root, tmp_path_fact
         crop = cv2.cvtColor(cv2.imread(str(extract / record["crop"])), cv2.COLOR_BGR2RGB)
         assert torch.equal(item["image"], torch.from_numpy(crop).permute(2, 0, 1))
         assert item["key_mask"].nonzero().flatten().tolist() == record["key_patches"]
+        assert torch.equal(item["landmarks"], torch.tensor(record["landmarks"], dtype=torch.float32))
         assert item["label"] == record["label"] and record["split"] == "val"
     with pytest.raises(IndexError):
         dataset[len(dataset)]
+    # Only the fields asked for: a method that reads none pays for none.
+    plain = ShardDataset(shards, split="val")[0]
+    assert set(plain) == {"image", "label", "video_id", "frame_index", "method"}
+    with pytest.raises(LrerrError, match="unknown shard field 'depth'"):
+        ShardDataset(shards, split="val", fields=("depth",))
 
 
 def test_a_dataloader_with_two_workers_reads_every_face_once(shards, ok_records):
-    dataset = ShardDataset(shards, split="train")
+    dataset = ShardDataset(shards, split="train", fields=("key_mask",))
     dataset[0]  # opens a file here before the workers fork: they must open their own
     assert dataset._handles and pickle.loads(pickle.dumps(dataset))._handles == {}
     loader = DataLoader(dataset, batch_size=8, num_workers=2, shuffle=True,
@@ -86,7 +93,7 @@ def test_a_dataloader_with_two_workers_reads_every_face_once(shards, ok_records)
 def test_raw_shards_read_the_same(shards, ffpp_root, tmp_path_factory, tmp_path):
     landmarks = shared_landmarks_dir(ffpp_root, tmp_path_factory)
     run(ShardConfig(landmarks=str(landmarks), out=str(tmp_path / "raw"), shard_size=7, codec="raw"))
-    png, raw = ShardDataset(shards, split="test"), ShardDataset(tmp_path / "raw", split="test")
+    png, raw = (ShardDataset(d, split="test", fields=("key_mask",)) for d in (shards, tmp_path / "raw"))
     assert len(png) == len(raw)
     for i in (0, 9, len(raw) - 1):
         a, b = png[i], raw[i]
@@ -108,3 +115,17 @@ def test_the_balanced_sampler_draws_real_and_fake_equally(shards):
 def test_the_balanced_sampler_needs_both_classes(shards):
     with pytest.raises(LrerrError, match="no real faces"):
         balanced_sampler(ShardDataset(shards, labels=[1]))
+
+
+def test_shards_without_a_field_a_reader_needs_are_refused(shards, tmp_path):
+    import h5py
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    for path in (copy / "shards").glob("*.h5"):
+        with h5py.File(path, "a") as f:
+            del f["key_mask"]
+    assert len(ShardDataset(copy, split="val")) == 22  # a reader of the images alone still works
+    with pytest.raises(LrerrError, match=r"val-.*\.h5: has no key_mask — these shards cannot feed a reader "
+                                         r"of key_mask; rebuild them with `lrerr-tools shard`"):
+        ShardDataset(copy, split="val", fields=("key_mask",))

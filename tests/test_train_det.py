@@ -32,8 +32,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # timm's 0.4M-parameter test_resnet stands in for Xception (20M) to keep CPU steps fast:
 # layer1 and layer2 give 56 and 28 px maps at 224. 22 train faces (8 real, 14 fake).
 LAYERS = ["layer1", "layer2"]
-TINY = dict(backbone="test_resnet", attn_layers=LAYERS, pretrained=False, epochs=1, iters_per_epoch=2,
-            batch_size=4, workers=0, device="cpu", lr=1e-3)
+TINY = dict(pretrained=False, epochs=1, iters_per_epoch=2, batch_size=4, workers=0, device="cpu", lr=1e-3)
+# RECCE's network at 1/16 of its width (46 middle channels) keeps its layout at CPU speed.
+TINY_OPTIONS = {"lrerr": {"backbone": "test_resnet", "attn_layers": LAYERS},
+                "xception": {"backbone": "test_resnet"}, "recce": {"width": 0.0625}}
 
 
 def shared_mae(ffpp_root, tmp_path_factory):
@@ -49,9 +51,10 @@ def shared_mae(ffpp_root, tmp_path_factory):
     return built("tiny_mae", make)
 
 
-def config(shards, out, method="lrerr", mae=None, **overrides):
-    mae = str(mae) if mae and method == "lrerr" else None
-    return train_module.DetTrainConfig(shard_dir=str(shards), out=str(out), method=method, mae=mae,
+def config(shards, out, method="lrerr", mae=None, options=None, **overrides):
+    parents = {"mae": str(mae)} if mae and method == "lrerr" else {}
+    return train_module.DetTrainConfig(shard_dir=str(shards), out=str(out), method=method, parents=parents,
+                                       options={**TINY_OPTIONS.get(method, {}), **(options or {})},
                                        **{**TINY, **overrides})
 
 
@@ -90,15 +93,15 @@ def test_the_baseline_trains_without_an_mae(ffpp_root, tmp_path_factory, shards)
     assert manifest.parent["sha256"] == content_sha256(read_manifest(shards))
     assert manifest.counts == {"epochs": 1, "steps": 2, "train_real": 8, "train_fake": 14, "val_real": 8,
                                "val_fake": 14}
-    assert manifest.extra["mae"] is None and manifest.extra["method"] == "xception"
+    assert manifest.extra["parents"] == {} and manifest.extra["method"] == "xception"
     assert manifest.extra["train_data"] == {"dataset": "ffpp", "compression": "c23",
                                             "methods": ["Deepfakes", "FaceSwap"]}
     assert manifest.extra["best"]["metric"] == "val_auc"
     row = read_log(out)[0]
     assert row["epoch"] == "1" and 0 <= float(row["val_auc"]) <= 1 and float(row["train_loss"]) > 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
-    detector, reconstructor, _ = load_detector(out, torch.device("cpu"))
-    assert reconstructor is None and detector.extractor is None
+    loaded = load_detector(out, torch.device("cpu"))
+    assert loaded.context is None and not hasattr(loaded.net, "extractor")
     assert verify(out) == []
 
 
@@ -106,26 +109,41 @@ def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_
                                                            tmp_path, monkeypatch):
     runs = {m: shared_detector(m, ffpp_root, tmp_path_factory) for m in ("lrerr", "xception")}
     lrerr, base = read_manifest(runs["lrerr"]), read_manifest(runs["xception"])
-    assert {k for k in lrerr.config if lrerr.config[k] != base.config[k]} == {"method", "mae", "out"}
-    assert lrerr.extra["mae"] == {"path": os.path.relpath(mae.resolve(), runs["lrerr"].resolve()),
-                                  "sha256": content_sha256(read_manifest(mae))}
+    assert {k for k in lrerr.config if lrerr.config[k] != base.config[k]} == {"method", "parents", "out",
+                                                                              "options"}
+    assert lrerr.config["options"] == {"backbone": "test_resnet", "attn_layers": LAYERS}
+    assert base.config["options"] == {"backbone": "test_resnet"}
+    assert [base.config[k] for k in ("optimizer", "lr", "schedule")] == ["adam", 1e-3, "constant"]
+    assert lrerr.extra["parents"] == {"mae": {"path": os.path.relpath(mae.resolve(), runs["lrerr"].resolve()),
+                                              "sha256": content_sha256(read_manifest(mae))}}
     for name in ("best.pt", "last.pt"):
-        assert load_checkpoint(runs["lrerr"] / "checkpoints" / name)["extra"]["mae"] == lrerr.extra["mae"]
+        checkpoint = load_checkpoint(runs["lrerr"] / "checkpoints" / name)
+        assert checkpoint["extra"]["parents"] == lrerr.extra["parents"]
     # Same starting weights, same batches.
     seen = {}
-    real_build, real_prepare = train_module._Trainer.build, train_module.prepare_inputs
+    real_build, real_train_epoch = train_module._Trainer.build, train_module._Trainer.train_epoch
 
     def build(self, state):
         real_build(self, state)
-        weights = {k: v.clone() for k, v in self.detector.backbone.state_dict().items()}
+        weights = {k: v.clone() for k, v in self.net.backbone.state_dict().items()}
         seen[self.cfg.method] = {"weights": weights, "batches": []}
 
-    def prepare_inputs(detector, reconstructor, batch, device, dtype):
-        seen[detector.method]["batches"].append(list(zip(batch["video_id"], batch["frame_index"].tolist())))
-        return real_prepare(detector, reconstructor, batch, device, dtype)
+    def train_epoch(self):
+        real_inputs = self.method.inputs
+
+        def inputs(net, context, batch, device, dtype):
+            faces = list(zip(batch["video_id"], batch["frame_index"].tolist()))
+            seen[self.cfg.method]["batches"].append(faces)
+            return real_inputs(net, context, batch, device, dtype)
+
+        self.method.inputs = inputs  # the train batches only, not validation's
+        try:
+            return real_train_epoch(self)
+        finally:
+            del self.method.inputs
 
     monkeypatch.setattr(train_module._Trainer, "build", build)
-    monkeypatch.setattr(train_module, "prepare_inputs", prepare_inputs)
+    monkeypatch.setattr(train_module._Trainer, "train_epoch", train_epoch)
     for method in ("lrerr", "xception"):
         train_module.run(config(shards, tmp_path / method, method, mae))
     a, b = seen["lrerr"], seen["xception"]
@@ -168,7 +186,7 @@ def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shard
     # The maps are A = 1 - (1 + cos) / 2 between the frozen extractor's features of the face
     # and of the MAE's reconstruction, both in the backbone's normalization.
     batch, recon = seen["recon"][0]
-    detector, _, _ = load_detector(out, torch.device("cpu"))
+    detector = load_detector(out, torch.device("cpu")).net
     extractor = make_backbone("test_resnet", pretrained=False).model.eval()
     extractor.load_state_dict(detector.extractor.state_dict())
     with torch.no_grad(), FeatureTaps(extractor, LAYERS) as taps:
@@ -197,7 +215,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(shards, mae, tmp_path, 
     assert a["model"].keys() == b["model"].keys() and a["step"] == b["step"] == 4
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    columns = [c for c in train_module.LOG_FIELDS if c not in ("seconds", "images_per_s")]
+    columns = [c for c in read_log(tmp_path / "straight")[0] if c not in ("seconds", "images_per_s")]
+    assert "train_bce" in columns
     rows = [[{k: r[k] for k in columns} for r in read_log(tmp_path / run)] for run in ("straight", "resumed")]
     assert rows[0] == rows[1] and len(rows[0]) == 2
 
@@ -223,7 +242,7 @@ def test_a_changed_mae_is_refused_at_resume_and_at_score(shards, mae, tmp_path, 
         train_module.run(config(shards, out, **settings))
     monkeypatch.undo()
     change(own_mae)
-    refusal = rf"the detector run in {out} was trained with the MAE run {own_mae}, which has changed since"
+    refusal = rf"the detector run in {out} was trained with the train-mae run {own_mae}, which has changed"
     with pytest.raises(LrerrError, match=refusal):
         train_module.run(config(shards, out, resume=True, **settings))
     (own_mae / "manifest.json").write_bytes(original)
@@ -233,10 +252,10 @@ def test_a_changed_mae_is_refused_at_resume_and_at_score(shards, mae, tmp_path, 
         train_module.run(config(shards, out, **settings))  # finished, but not on this MAE
     score = ScoreConfig(shard_dir=str(shards), detector=str(out), out=str(tmp_path / "score"), device="cpu",
                         workers=0)
-    with pytest.raises(LrerrError, match=rf"the detector in {out} was trained with the MAE run .* changed"):
+    with pytest.raises(LrerrError, match=rf"the detector in {out} was trained with the train-mae run .* ch"):
         run_score(score)
     own_mae.rename(tmp_path / "moved")
-    with pytest.raises(LrerrError, match=rf"with the MAE run {own_mae}, which is gone — put it back there"):
+    with pytest.raises(LrerrError, match=rf"with the train-mae run {own_mae}, which is gone — put it back"):
         run_score(score)
     assert not (tmp_path / "score").exists()  # refused before the output was claimed
 
@@ -259,37 +278,56 @@ def test_methods_narrow_the_fakes_and_keep_every_real(shards, tmp_path):
 def test_bad_options_are_one_line_errors(shards, mae, tmp_path):
     with pytest.raises(LrerrError, match="--method lrerr needs --mae RUN_DIR"):
         train_module.run(config(shards, tmp_path / "a", mae=None))
-    with pytest.raises(LrerrError, match="--mae is for --method lrerr"):
+    with pytest.raises(LrerrError, match=r"--mae is not an option of --method xception \(it belongs to "
+                                         r"--method lrerr\); xception takes --backbone"):
         train_module.run(train_module.DetTrainConfig(shard_dir=str(shards), out=str(tmp_path / "b"),
-                                                     method="xception", mae=str(mae)))
-    with pytest.raises(LrerrError, match="has no layer block9"):
-        train_module.run(config(shards, tmp_path / "c", mae=mae, attn_layers=["layer1", "block9"]))
-    result = CliRunner().invoke(app, ["train-det", str(shards), "--out", str(tmp_path / "d"),
-                                      "--method", "resnet"])
-    assert result.exit_code == 2 and "error: --method must be one of lrerr, xception" in result.output
+                                                     method="xception", parents={"mae": str(mae)}))
+    with pytest.raises(LrerrError, match="has no layer x9"):
+        train_module.run(config(shards, tmp_path / "c", mae=mae, options={"attn_layers": ["layer1", "x9"]}))
+    with pytest.raises(LrerrError, match="--attn-layers: name at least one layer"):
+        train_module.run(config(shards, tmp_path / "c", mae=mae, options={"attn_layers": ""}))
+    with pytest.raises(LrerrError, match="--schedule must be one of constant, cosine, step"):
+        train_module.run(config(shards, tmp_path / "c", "xception", schedule="linear"))
+    with pytest.raises(LrerrError, match="--step-size must be at least 1 with --schedule step"):
+        train_module.run(config(shards, tmp_path / "c", "xception", schedule="step"))
+    assert not (tmp_path / "c").exists()
+    cases = {("--method", "resnet"): "error: --method must be one of lrerr, ",
+             ("--method", "xception", "--mae", "x"): "error: --mae is not an option of --method xception",
+             ("--method", "lrerr", "--mae"): "error: --mae needs a value",
+             ("--method", "xception", "--backbon", "x"): "unknown option, did you mean --backbone?",
+             ("--method", "xception", "--lr", "fast"): "Invalid value for '--lr'"}
+    for args, message in cases.items():
+        result = CliRunner().invoke(app, ["train-det", str(shards), "--out", str(tmp_path / "d"), *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not (tmp_path / "d").exists()
 
 
 def test_cli(shards, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
-        "train-det", str(shards), "--out", str(out), "--method", "xception", "--backbone", "test_resnet",
+        "train-det", str(shards), "--out", str(out), "--method", "xception", "--backbone=test_resnet",
         "--no-pretrained", "--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "4", "--workers", "0",
-        "--device", "cpu"])
+        "--device", "cpu", "--optimizer", "sgd", "--weight-decay", "1e-4"])
     assert result.exit_code == 0, result.output
     assert "train-det complete" in result.output and "best epoch 1 (val_auc" in result.output
-    assert read_manifest(out).config["attn_layers"] == ["block1", "block2", "block3"]
+    config = read_manifest(out).config
+    assert config["options"] == {"backbone": "test_resnet"}
+    assert (config["optimizer"], config["weight_decay"], config["lr"]) == ("sgd", 1e-4, 1e-4)
     assert json.loads((out / "records.jsonl").read_text())["epoch"] == 1
 
 
-def test_ddp_with_two_gloo_processes(shards, mae, tmp_path):
+@pytest.mark.parametrize("method", ["lrerr", "recce"])
+def test_ddp_with_two_gloo_processes(shards, mae, tmp_path, method):
+    # RECCE gathers its metric loss's embeddings across the ranks inside the DDP step.
+    own = {"lrerr": ["--mae", str(mae), "--backbone", "test_resnet", "--attn-layers", "layer1,layer2"],
+           "recce": ["--width", "0.0625"]}[method]
     out = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lrerr_tools", "train-det",
-         str(shards), "--mae", str(mae), "--out", str(out), "--backbone", "test_resnet",
-         "--attn-layers", "layer1,layer2", "--no-pretrained", "--epochs", "1", "--iters-per-epoch", "2",
-         "--batch-size", "4", "--workers", "0", "--device", "cpu"],
+         str(shards), "--out", str(out), "--method", method, *own, "--no-pretrained", "--epochs", "1",
+         "--iters-per-epoch", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu"],
         capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("train-det complete") == 1  # only rank 0 reports

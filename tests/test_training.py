@@ -62,10 +62,10 @@ def test_epoch_order_depends_on_seed_and_epoch_only_and_ranks_split_it():
 
 def test_warmup_then_cosine_and_constant_adam():
     model = nn.Linear(2, 2)
-    adamw = build_optimizer(model, "adamw", 1.0)
+    adamw = build_optimizer(model, "adamw", 1.0, weight_decay=0.05, betas=(0.9, 0.95))
     assert adamw.defaults["betas"] == (0.9, 0.95)
     assert sorted(g["weight_decay"] for g in adamw.param_groups) == [0.0, 0.05]  # no decay on the bias
-    schedule = build_scheduler(adamw, "adamw", warmup_steps=4, total_steps=12)
+    schedule = build_scheduler(adamw, "cosine", warmup_steps=4, total_steps=12)
     lrs = []
     for _ in range(12):
         lrs.append(adamw.param_groups[0]["lr"])
@@ -74,13 +74,33 @@ def test_warmup_then_cosine_and_constant_adam():
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert lrs[4] == 1.0 and all(a > b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 0.05
     adam = build_optimizer(model, "adam", 1e-4)
-    constant = build_scheduler(adam, "adam", 0, 10)
+    constant = build_scheduler(adam, "constant", 10)
     for _ in range(3):
         adam.step()
         constant.step()
     assert adam.param_groups[0]["lr"] == 1e-4
-    with pytest.raises(LrerrError, match="--optimizer must be one of adam, adamw"):
-        build_optimizer(model, "sgd", 1.0)
+    with pytest.raises(LrerrError, match="--optimizer must be one of adam, adamw, sgd"):
+        build_optimizer(model, "lamb", 1.0)
+
+
+def test_sgd_with_momentum_and_a_step_schedule():
+    model = nn.Linear(2, 2)
+    sgd = build_optimizer(model, "sgd", 0.1, weight_decay=1e-4)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    assert sorted(g["weight_decay"] for g in sgd.param_groups) == [0.0, 1e-4]
+    schedule = build_scheduler(sgd, "step", total_steps=10, step_size=3, gamma=0.5)
+    lrs = []
+    for _ in range(7):
+        lrs.append(sgd.param_groups[0]["lr"])
+        sgd.step()
+        schedule.step()
+    assert lrs == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025]
+    with pytest.raises(LrerrError, match="--step-size must be at least 1"):
+        build_scheduler(sgd, "step", total_steps=10)
+    frozen = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    frozen[0].requires_grad_(False)
+    adam = build_optimizer(frozen, "adam", 1e-3)
+    assert [p for g in adam.param_groups for p in g["params"]] == list(frozen[1].parameters())
 
 
 def train_a_little(model, optimizer, scheduler, steps, seed=0):
@@ -96,8 +116,8 @@ def train_a_little(model, optimizer, scheduler, steps, seed=0):
 def test_checkpoint_restores_everything_for_an_exact_resume(tmp_path):
     seed_everything(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
-    optimizer = build_optimizer(model, "adamw", 1e-2)
-    scheduler = build_scheduler(optimizer, "adamw", 2, 20)
+    optimizer = build_optimizer(model, "adamw", 1e-2, weight_decay=0.05)
+    scheduler = build_scheduler(optimizer, "cosine", 20, warmup_steps=2)
     scaler = train_a_little(model, optimizer, scheduler, 3)
     path = tmp_path / "ck" / "last.pt"
     save_checkpoint(path, model, config={"lr": 1e-2}, parent={"path": "/x", "sha256": "0" * 64},
@@ -108,8 +128,8 @@ def test_checkpoint_restores_everything_for_an_exact_resume(tmp_path):
     reference = [p.detach().clone() for p in model.parameters()]
 
     other = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
-    optimizer2 = build_optimizer(other, "adamw", 1e-2)
-    scheduler2 = build_scheduler(optimizer2, "adamw", 2, 20)
+    optimizer2 = build_optimizer(other, "adamw", 1e-2, weight_decay=0.05)
+    scheduler2 = build_scheduler(optimizer2, "cosine", 20, warmup_steps=2)
     checkpoint = load_checkpoint(path)
     assert (checkpoint["epoch"], checkpoint["step"], checkpoint["config"]) == (1, 3, {"lr": 1e-2})
     assert checkpoint["extra"]["history"] == [{"epoch": 1, "auc": None}]
@@ -129,7 +149,7 @@ def test_weights_only_checkpoints_cannot_be_resumed(tmp_path):
     assert "optimizer" not in checkpoint and torch.equal(checkpoint["model"]["weight"], model.weight)
     optimizer = build_optimizer(model, "adam", 1e-3)
     with pytest.raises(LrerrError, match="weights only"):
-        restore_training_state(checkpoint, model, optimizer, build_scheduler(optimizer, "adam", 0, 1),
+        restore_training_state(checkpoint, model, optimizer, build_scheduler(optimizer, "constant", 1),
                                grad_scaler(torch.device("cpu"), None))
 
 

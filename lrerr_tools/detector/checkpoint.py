@@ -1,57 +1,74 @@
-"""Load a finished `train-det` run for `score`, and the check that ties a detector to the
-exact MAE run it was trained with.
+"""Load a finished `train-det` run for `score`, and the checks that tie a detector to the
+exact parent runs (LRErr's MAE, ...) it was trained with.
 
-    detector, reconstructor, run = load_detector("work/det", device)   # reconstructor: None for xception
+    loaded = load_detector("work/det", device)
+    loaded.method, loaded.net, loaded.context, loaded.run
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from lrerr_tools.attention import make_backbone
-from lrerr_tools.detector.model import Detector
-from lrerr_tools.detector.reconstruction import Reconstructor
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.mae.checkpoint import load_mae
 from lrerr_tools.manifest import StageDir, linked_dir, open_parent
+from lrerr_tools.methods import get_method
+from lrerr_tools.methods.base import Method, Parent
 from lrerr_tools.run_dir import best_checkpoint
 from lrerr_tools.training import load_checkpoint
 
 STAGE = "train-det"
 
 
-def check_same_mae(run_dir: str | Path, recorded: dict, sha256: str, trained: str) -> None:
-    """Refuse, in one line, the detector run in `run_dir` (`trained` names it) whose MAE run has
-    changed since it was trained: its attention maps came from the MAE as it was, by manifest hash."""
+def open_parents(method: Method, paths: dict) -> dict[str, StageDir]:
+    """The parent runs `method` declares (all given: `DetTrainConfig.check`), each opened as a
+    finished run of its stage."""
+    return {p.name: open_parent(paths[p.name], p.stage) for p in method.parents}
+
+
+def check_same_parent(run_dir: str | Path, parent: Parent, recorded: dict, sha256: str, trained: str) -> None:
+    """Refuse, in one line, the detector run in `run_dir` (`trained` names it) whose parent run
+    has changed since it was trained (by manifest content hash)."""
     if recorded["sha256"] != sha256:
-        raise LrerrError(f"{trained} was trained with the MAE run {linked_dir(run_dir, recorded)}, which has "
-                         "changed since (its manifest hash differs) — retrain the detector on the new MAE "
-                         "(train-det --overwrite), or restore that MAE run")
+        where = linked_dir(run_dir, recorded)
+        raise LrerrError(f"{trained} was trained with the {parent.stage} run {where}, "
+                         "which has changed since (its manifest hash differs) — retrain the detector on "
+                         "the new one (train-det --overwrite), or restore that run")
 
 
-def load_reconstructor(mae_dir: str | Path, seed: int, device: torch.device) -> Reconstructor:
-    model, info = load_mae(mae_dir, device)
-    return Reconstructor(model, info, seed)
+@dataclass
+class LoadedDetector:
+    method: Method
+    net: nn.Module
+    context: Any
+    run: StageDir
+    parents: dict[str, StageDir]
 
 
-def load_detector(run_dir: str | Path,
-                  device: torch.device) -> tuple[Detector, Reconstructor | None, StageDir]:
-    """The best weights of a complete train-det run in eval mode, its MAE (lrerr), and the run."""
+def load_detector(run_dir: str | Path, device: torch.device) -> LoadedDetector:
+    """The best weights of a complete train-det run in eval mode, with its method's context."""
     run = open_parent(run_dir, STAGE)  # refuses a missing, unfinished or altered run
     cfg, extra = run.manifest.config, run.manifest.extra
-    reconstructor = None
-    if cfg["method"] == "lrerr":
-        mae_dir = linked_dir(run.path, extra["mae"])
-        if not mae_dir.is_dir():
-            raise LrerrError(f"the detector in {run.path} reconstructs faces with the MAE run "
-                             f"{mae_dir}, which is gone — put it back there")
-        reconstructor = load_reconstructor(mae_dir, cfg["seed"], device)
-        check_same_mae(run.path, extra["mae"], reconstructor.info.sha256, f"the detector in {run.path}")
-    path = best_checkpoint(run.path)
-    checkpoint = load_checkpoint(path)
-    # The weights, the frozen extractor's included, come from the checkpoint.
-    detector = Detector(make_backbone(cfg["backbone"], pretrained=False), cfg["attn_layers"], cfg["method"])
-    detector.load_state_dict(checkpoint["model"])
-    return detector.to(device).eval().requires_grad_(False), reconstructor, run
+    if "options" not in cfg:
+        raise LrerrError(f"{run.path}: a detector run made before the method registry, whose config "
+                         "names no method options — retrain it with train-det --overwrite")
+    method = get_method(cfg["method"]).resolve(cfg["options"])
+    parents = {}
+    for parent in method.parents:
+        recorded = extra["parents"][parent.name]
+        path = linked_dir(run.path, recorded)
+        if not path.is_dir():
+            raise LrerrError(f"the detector in {run.path} was trained with the {parent.stage} run {path}, "
+                             "which is gone — put it back there")
+        parents[parent.name] = open_parent(path, parent.stage)
+        check_same_parent(run.path, parent, recorded, parents[parent.name].sha256,
+                          f"the detector in {run.path}")
+    context = method.context(parents, cfg["seed"], device)
+    checkpoint = load_checkpoint(best_checkpoint(run.path))
+    net = method.build()  # every weight, a frozen extractor's included, comes from the checkpoint
+    net.load_state_dict(checkpoint["model"])
+    return LoadedDetector(method, net.to(device).eval().requires_grad_(False), context, run, parents)

@@ -1,23 +1,18 @@
-"""attention.png: what the LRErr detector looked at, on a few real and fake faces.
+"""The figure `score` writes for a method that has one: a few real and fake faces, one per
+row, and one column per panel (the face, a reconstruction, a heat map over the face...).
 
-One row per face: the face, the MAE's reconstruction, then each layer's attention map A
-upsampled over the face as a heatmap. A map's colours span 0 to the largest A of that layer
-over all the rows, so real and fake rows compare by eye (a face-by-face scale would make
-every map look equally hot).
+Methods make their panels with `image_panels` and `heat_panels` and hand them to `layout`,
+which adds the column titles and each row's label, video and p(fake).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import default_collate
-
-from lrerr_tools.detector.model import Detector, prepare_inputs
-from lrerr_tools.detector.reconstruction import Reconstructor
-from lrerr_tools.normalization import from_mae
-from lrerr_tools.shard_dataset import ShardDataset
 
 GAP, HEADER = 4, 22  # pixels between panels, and above them for the column titles
 HEAT_WEIGHT = 0.5
@@ -35,6 +30,21 @@ def pick_faces(labels: np.ndarray, per_class: int) -> list[int]:
     return picks
 
 
+def image_panels(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, S, S) RGB in 0..255 (uint8 or float, clipped) → (N, S, S, 3) uint8."""
+    return images.float().clamp(0, 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def heat_panels(faces: np.ndarray, maps: torch.Tensor) -> np.ndarray:
+    """(N, 1, h, w) maps in [0, 1] as jet heat maps blended over `faces` (N, S, S, 3)."""
+    size = faces.shape[1]
+    maps = F.interpolate(maps.float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    heat = [cv2.cvtColor(cv2.applyColorMap((m.clip(0, 1) * 255).round().astype(np.uint8), cv2.COLORMAP_JET),
+                         cv2.COLOR_BGR2RGB) for m in maps.cpu().numpy()]
+    return np.stack([cv2.addWeighted(np.ascontiguousarray(face), 1 - HEAT_WEIGHT, h, HEAT_WEIGHT, 0)
+                     for face, h in zip(faces, heat)])
+
+
 def _caption(image: np.ndarray, text: str, origin: tuple[int, int]) -> None:
     """Yellow on a black box: legible over light skin and dark hair alike."""
     (width, height), baseline = cv2.getTextSize(text, TEXT["fontFace"], TEXT["fontScale"], 1)
@@ -43,38 +53,20 @@ def _caption(image: np.ndarray, text: str, origin: tuple[int, int]) -> None:
     cv2.putText(image, text, origin, color=(255, 255, 0), thickness=1, **TEXT)
 
 
-def _uint8(images01: torch.Tensor) -> np.ndarray:
-    return (images01.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-@torch.no_grad()
-def attention_figure(detector: Detector, reconstructor: Reconstructor, dataset: ShardDataset,
-                     indices: list[int], probs: list[float], device: torch.device) -> np.ndarray:
-    """uint8 RGB figure for the faces `indices` of `dataset`, captioned with their `probs`."""
-    items = [dataset[i] for i in indices]
-    batch = default_collate(items)
-    inputs = prepare_inputs(detector, reconstructor, batch, device, None)
-    size = batch["image"].shape[-1]
-    faces = np.ascontiguousarray(batch["image"].permute(0, 2, 3, 1).numpy())
-    panels = [faces, _uint8(from_mae(inputs.recon))]
-    titles = ["face", "MAE reconstruction"]
-    for name, a in zip(detector.layers, inputs.maps):
-        a = F.interpolate(a, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-        top = max(float(a.max()), 1e-6)
-        heat = [cv2.cvtColor(cv2.applyColorMap((m / top * 255).round().astype(np.uint8), cv2.COLORMAP_JET),
-                             cv2.COLOR_BGR2RGB) for m in a.cpu().numpy()]
-        panels.append(np.stack([cv2.addWeighted(face, 1 - HEAT_WEIGHT, h, HEAT_WEIGHT, 0)
-                                for face, h in zip(faces, heat)]))
-        titles.append(f"A {name} (0-{top:.3f})")
+def layout(columns: Sequence[tuple[str, np.ndarray]], batch: dict, probs: Sequence[float]) -> np.ndarray:
+    """uint8 RGB figure: `columns` of (title, (N, S, S, 3) panels), a row per face of `batch`
+    captioned with its label, video, frame and p(fake)."""
+    size = columns[0][1].shape[1]
+    rows = len(probs)
     step = size + GAP
-    figure = np.full((HEADER + len(items) * step - GAP, len(panels) * step - GAP, 3), 255, np.uint8)
-    for col, title in enumerate(titles):
+    figure = np.full((HEADER + rows * step - GAP, len(columns) * step - GAP, 3), 255, np.uint8)
+    for col, (title, _) in enumerate(columns):
         cv2.putText(figure, title, (col * step + 2, HEADER - 7), color=(0, 0, 0), thickness=1, **TEXT)
-    for row, item in enumerate(items):
+    for row in range(rows):
         y = HEADER + row * step
-        for col, panel in enumerate(panels):
-            figure[y:y + size, col * step:col * step + size] = panel[row]
-        caption = f"{'fake' if item['label'] else 'real'} {item['video_id']} #{item['frame_index']}"
-        _caption(figure, caption, (4, y + 16))
+        for col, (_, panels) in enumerate(columns):
+            figure[y:y + size, col * step:col * step + size] = panels[row]
+        label = "fake" if int(batch["label"][row]) else "real"
+        _caption(figure, f"{label} {batch['video_id'][row]} #{int(batch['frame_index'][row])}", (4, y + 16))
         _caption(figure, f"p(fake) = {probs[row]:.3f}", (4, y + size - 8))
     return figure

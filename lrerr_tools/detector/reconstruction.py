@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.mae.checkpoint import MaeInfo
+from lrerr_tools.mae.checkpoint import MaeInfo, load_mae
 from lrerr_tools.mae.masking import key_masks_for, key_region_mask
 from lrerr_tools.mae.model import GRID, IMAGE_SIZE, MaskedAutoencoder
 from lrerr_tools.normalization import to_mae_input
@@ -59,3 +60,9 @@ class Reconstructor:
         masks = self.masks(batch["key_mask"], batch["video_id"], batch["frame_index"]).to(device)
         images = to_mae_input(batch["image"].to(device, non_blocking=True))
         return self.model.reconstruct(images, masks)
+
+
+def load_reconstructor(mae_dir: str | Path, seed: int, device: torch.device) -> Reconstructor:
+    """The frozen reconstructor of the train-mae run `mae_dir`, masks seeded by `seed`."""
+    model, info = load_mae(mae_dir, device)
+    return Reconstructor(model, info, seed)

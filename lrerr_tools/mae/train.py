@@ -40,7 +40,6 @@ from lrerr_tools.run_dir import (
 )
 from lrerr_tools.shard_dataset import ShardDataset
 from lrerr_tools.training import (
-    OPTIMIZERS,
     CsvLogger,
     Distributed,
     amp_dtype,
@@ -66,6 +65,11 @@ GRIDS = "grids"
 TRAIN_STREAM, GRID_STREAM = 0, 2  # seed parts of the run's random streams (evaluate uses 1)
 GRID_FACES = 2  # per class
 LOG_FIELDS = ["epoch", "step", "train_loss", *VAL_METRICS, "lr", "seconds", "images_per_s"]
+# `adam` is the paper's plain setting; `adamw` the MAE recipe: betas (0.9, 0.95), weight
+# decay 0.05 on weight matrices only, warm-up then cosine.
+OPTIMIZER_RECIPES = {"adam": {}, "adamw": {"weight_decay": 0.05, "betas": (0.9, 0.95),
+                                           "no_weight_decay": ("cls_token", "mask_token")}}
+SCHEDULE = {"adam": "constant", "adamw": "cosine"}
 
 
 @dataclass
@@ -105,8 +109,9 @@ class MaeTrainConfig:
         self.masking.check()
         if self.preset not in PRESETS:
             raise LrerrError(f"--preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
-        if self.optimizer not in OPTIMIZERS:
-            raise LrerrError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
+        if self.optimizer not in OPTIMIZER_RECIPES:
+            raise LrerrError(f"--optimizer must be one of {', '.join(OPTIMIZER_RECIPES)} "
+                             f"(got {self.optimizer!r})")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise LrerrError(f"--{name.replace('_', '-')} must be at least 1")
@@ -122,7 +127,7 @@ class MaeTrainConfig:
 
 
 def _datasets(shards: StageDir) -> tuple[ShardDataset, ShardDataset, list[int]]:
-    train = ShardDataset(shards.path, split="train", labels=[0])
+    train = ShardDataset(shards.path, split="train", labels=[0], fields=("key_mask",))
     if len(train) == 0:
         raise LrerrError(f"{shards.path}: no real faces in the train split — train-mae learns from real "
                          "faces only")
@@ -131,7 +136,7 @@ def _datasets(shards: StageDir) -> tuple[ShardDataset, ShardDataset, list[int]]:
         raise LrerrError(f"{shards.path}: the key region is given on a {region.get('grid')}x"
                          f"{region.get('grid')} grid of {region.get('patch')} px patches; the MAE needs "
                          f"{GRID}x{GRID} of {PATCH} px — rerun landmarks with --patch {PATCH}")
-    val = ShardDataset(shards.path, split="val")
+    val = ShardDataset(shards.path, split="val", fields=("key_mask",))
     counts = np.bincount(val.labels, minlength=2)
     if counts.sum() == 0:
         log.info("no val faces: best.pt follows the train loss, and there is no key-region AUC")
@@ -180,10 +185,10 @@ class _Trainer:
             self.init_file = load_encoder(model, cfg.init)
             log.info("encoder initialised from %s", self.init_file)
         model.to(self.device)
-        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, ("cls_token", "mask_token"))
-        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer,
-                                         cfg.warmup_epochs * self.steps_per_epoch,
-                                         cfg.epochs * self.steps_per_epoch)
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, **OPTIMIZER_RECIPES[cfg.optimizer])
+        warmup = cfg.warmup_epochs * self.steps_per_epoch if cfg.optimizer == "adamw" else 0
+        self.scheduler = build_scheduler(self.optimizer, SCHEDULE[cfg.optimizer],
+                                         cfg.epochs * self.steps_per_epoch, warmup_steps=warmup)
         self.scaler = grad_scaler(self.device, self.dtype)
         self.epoch, self.step, self.history = 0, 0, []
         if state.checkpoint is not None:

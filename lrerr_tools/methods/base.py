@@ -1,0 +1,220 @@
+"""What a detection method is to the trainer, `score`, `report` and `lrerr-tools methods`.
+
+A method is one subclass of `Method` in its own module of this package, registered with
+`@register`. It declares what it reads and needs (shard `fields`, `parents` runs, typed
+`options`, optimizer defaults) and supplies the pieces of a training step:
+
+    context = method.context(parents, seed, device)   # frozen helpers kept out of the state dict
+    method.check_data(dataset, context)        # refuse shards it cannot read, before any work
+    net = method.build()                       # architecture, random init (the trainer seeds first)
+    method.init(net, pretrained, weights)      # pretrained weights, fresh runs only
+    inputs = method.inputs(net, context, batch, device, dtype)   # no grad: shard batch → model inputs
+    outputs = net(inputs)                      # {"logit": (B,), ...auxiliary outputs}
+    terms = method.losses(outputs, inputs, labels, dist)        # {"total": ..., named terms}
+
+Every network's `forward` takes the inputs dict and returns a dict with one fake `logit` per
+face, so DDP wraps any of them alike. A network exposes the normalisation its input images
+use as `mean` and `std` attributes (plain tuples, not state), recorded in the run manifest.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from lrerr_tools.errors import LrerrError
+
+
+@dataclass(frozen=True)
+class Option:
+    """A typed method option: `--name-with-dashes VALUE` on the CLI (`--name/--no-name` for a
+    bool), `name` in the Python API and in the run config. `check` returns an error text for
+    a bad value, or None."""
+
+    name: str
+    type: type  # bool, int, float, str, or list (of str; comma-separated on the CLI)
+    default: Any
+    help: str
+    choices: tuple = ()
+    check: Callable[[Any], str | None] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def convert(self, value: Any) -> Any:
+        """`value` (a CLI string or a Python value) as this option's type, checked."""
+        try:
+            if self.type is bool:
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    value = value.lower() in ("true", "1", "yes")
+                elif not isinstance(value, bool):
+                    raise ValueError
+            elif self.type is list:
+                parts = value.split(",") if isinstance(value, str) else list(value)
+                value = [str(v).strip() for v in parts if str(v).strip()]
+            elif self.type in (int, float):
+                if isinstance(value, bool):
+                    raise ValueError
+                if self.type is int and isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                value = self.type(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise LrerrError(f"{self.flag}: {value!r} is not a {self.type.__name__}") from None
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise LrerrError(f"{self.flag} must be one of {allowed} (got {value!r})")
+        problem = self.check(value) if self.check else None
+        if problem:
+            raise LrerrError(f"{self.flag}: {problem} (got {value!r})")
+        return value
+
+
+@dataclass(frozen=True)
+class Parent:
+    """An earlier run the method needs, given as `--name RUN_DIR`: a directory of `stage`."""
+
+    name: str
+    stage: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """A method's training recipe; each field can be overridden by the train-det option of
+    the same name. `step_size` counts optimizer steps (iterations), as torch's StepLR does
+    when stepped every iteration."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    step_size: int = 0
+    gamma: float = 0.5
+
+
+@dataclass
+class Method:
+    """One detection method. Class attributes declare it; an instance holds resolved options."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]] = ()  # optional shard keys it reads (ShardDataset fields)
+    parents: ClassVar[tuple[Parent, ...]] = ()
+    options: ClassVar[tuple[Option, ...]] = ()
+    recipe: ClassVar[OptimizerDefaults] = OptimizerDefaults()
+    loss_terms: ClassVar[tuple[str, ...]] = ("bce",)  # named terms of `losses`, one log.csv column each
+    baseline: ClassVar[str | None] = None  # the method its ablation (Table V) compares against
+    figure_title: ClassVar[str | None] = None  # what `figure` shows; None: no figure
+
+    settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, given: dict | None) -> Method:
+        """An instance with every option set: `given` values checked, the rest defaulted. An
+        option of another method is refused by name."""
+        given = dict(given or {})
+        known = {o.name: o for o in cls.options}
+        unknown = [name for name in given if name not in known]
+        if unknown:
+            raise LrerrError(cls.not_an_option("--" + unknown[0].replace("_", "-")))
+        return cls({name: option.convert(given[name]) if name in given else option.default
+                    for name, option in known.items()})
+
+    @classmethod
+    def not_an_option(cls, flag: str) -> str:
+        """The one-line refusal of `flag`, naming the method that does take it, if any."""
+        from lrerr_tools.methods import all_methods
+
+        owners = [m.name for m in all_methods().values()
+                  if flag in {o.flag for o in m.options} | {p.flag for p in m.parents}]
+        takes = [o.flag for o in cls.options] + [p.flag for p in cls.parents]
+        where = (f"it belongs to --method {', '.join(owners)}" if owners else
+                 "unknown option" + _hint(flag, takes))
+        return (f"{flag} is not an option of --method {cls.name} ({where}); {cls.name} takes "
+                f"{', '.join(takes) or 'no method options'} — see `lrerr-tools methods {cls.name}`")
+
+    # --- what a subclass provides -------------------------------------------------------------
+
+    def build(self):
+        """The network, randomly initialised (the trainer has seeded torch)."""
+        raise NotImplementedError
+
+    def init(self, net, pretrained: bool, weights: str | None) -> None:
+        """Load pretrained weights into a fresh `net`; a method with none ignores this."""
+
+    def context(self, parents: dict, seed: int, device) -> Any:
+        """Frozen helpers built from the parent runs (`{name: StageDir}`), kept out of the
+        state dict; None when the method has none."""
+        return None
+
+    def check_data(self, dataset, context) -> None:
+        """Refuse, in one line, shards this method cannot read (e.g. another face size)."""
+
+    def inputs(self, net, context, batch: dict, device, dtype) -> dict:
+        """A shard batch (uint8 faces) as the network's inputs, without gradients."""
+        raise NotImplementedError
+
+    def losses(self, outputs: dict, inputs: dict, labels, dist) -> dict:
+        """{"total": scalar to minimise, **{term: scalar for term in loss_terms}}. Each term is
+        this rank's share: its mean over ranks is the global batch's value (`Distributed`)."""
+        raise NotImplementedError
+
+    def figure(self, net, context, batch: dict, probs: Sequence[float], device):
+        """An RGB uint8 image of what the method saw on the faces of a shard `batch` (a few
+        reals and fakes, with their `probs`); only called when `figure_title` is set."""
+        raise NotImplementedError
+
+    def example_context(self, device):
+        """A stand-in for `context` built from randomly initialised parent models, so that
+        benchmarks and `lrerr-tools methods` can time and count a method without its parent
+        runs; None when the method has no context."""
+        return None
+
+
+def parse_cli_args(method: type[Method], args: Sequence[str]) -> tuple[dict, dict]:
+    """The method's options and parents from the train-det arguments typer did not know:
+    `--name VALUE`, `--name=VALUE`, and `--name`/`--no-name` for a bool."""
+    options = {o.flag: o for o in method.options}
+    parents = {p.flag: p for p in method.parents}
+    given, runs = {}, {}
+    args = list(args)
+    while args:
+        token = args.pop(0)
+        if not token.startswith("--"):
+            raise LrerrError(f"unexpected argument {token!r}: give SHARD_DIR once, and the method's "
+                             "options as --name VALUE")
+        flag, _, value = token.partition("=")
+        negated = flag.startswith("--no-") and flag.replace("--no-", "--", 1) in options
+        if negated:
+            flag = flag.replace("--no-", "--", 1)
+        option, parent = options.get(flag), parents.get(flag)
+        if option is None and parent is None:
+            raise LrerrError(method.not_an_option(flag))
+        if option is not None and option.type is bool and not value:
+            value = "false" if negated else "true"
+        elif not value:
+            if not args or args[0].startswith("--"):
+                raise LrerrError(f"{flag} needs a value")
+            value = args.pop(0)
+        if option is not None:
+            given[option.name] = value
+        else:
+            runs[parent.name] = value
+    return given, runs
+
+
+def _hint(flag: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(flag, candidates, n=1)
+    return f", did you mean {close[0]}?" if close else ""
