@@ -28,6 +28,7 @@ for detector in "${DETECTORS[@]}"; do
     score "$detector" ffpp
 done
 report demo
+running=$(IFS=,; echo "${DETECTORS[*]}")
 
 cat <<EOF
 
@@ -36,7 +37,7 @@ key region (check it first): $FFPP_DIR/landmarks/key_region.png
 shards:    $FFPP_DIR/shards/shards/<split>-<k>.h5 (read with lrerr_tools.shard_dataset.ShardDataset)
 MAE run:   $MAE_DIR/log.csv, checkpoints/best.pt (load with lrerr_tools.mae.checkpoint.load_mae)
 reconstructions (original | masked | reconstruction | |difference|): $MAE_DIR/grids/
-detectors: $FFPP_DIR/det/{${DETECTORS[*]// /,}} (log.csv, checkpoints/best.pt)
-scores:    $FFPP_DIR/score/{${DETECTORS[*]// /,}}/ffpp-$COMP (metrics.json, CSVs, roc.png, attention.png)
+detectors: $FFPP_DIR/det/{$running} (log.csv, checkpoints/best.pt)
+scores:    $FFPP_DIR/score/{$running}/ffpp-$COMP (metrics.json, CSVs, roc.png, attention.png)
 report:    $WORK/reports/demo.md (above; the test split after 10 steps from random weights)
 EOF
