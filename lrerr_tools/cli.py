@@ -375,6 +375,8 @@ def sample(
     from lrerr_tools.datasets.celebdf import TEST_LIST
     from lrerr_tools.synth import make_celebdf_sample, make_ffpp_sample
 
+    if out.exists() and not out.is_dir():
+        raise LrerrError(f"{out}: exists and is not a folder — name a folder to write the sample into")
     if dataset == "ffpp":
         root = make_ffpp_sample(out, n_pairs=3 if pairs is None else pairs, n_frames=frames)
         typer.echo(f"sample FF++ dataset with its DFD part: {root} (split lists in {root / 'splits'})")

@@ -35,7 +35,7 @@ from lrerr_tools.detection import DETECTORS, Face, check_detector, make_detector
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.face_choice import POLICIES, choose_face
 from lrerr_tools.manifest import Manifest, write_stage
-from lrerr_tools.parallel import run_parallel, threads_per_job
+from lrerr_tools.parallel import resolve_jobs, run_parallel, threads_per_job
 from lrerr_tools.sampling import sample_indices
 from lrerr_tools.stage_dir import WORK_DIR, existing_manifest, prepare_output, result_path, same_output
 from lrerr_tools.video import BACKENDS, VideoOpenError, VideoReader
@@ -48,6 +48,7 @@ IMAGE_FORMATS = ("png", "jpg")
 # frames (benchmarks/bench_extract.py); on a GPU bigger batches pay.
 CPU_BATCH = 2
 CROPS_DIR = "crops"
+PATCH_SIZE, MIN_CROP = 16, 32  # landmarks' default --patch (the MAE's), and two patches a side
 
 
 @dataclass
@@ -105,6 +106,20 @@ class ExtractConfig:
                 raise LrerrError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
         if not 0.0 <= self.margin <= 2.0:
             raise LrerrError(f"--margin must be between 0 and 2 (got {self.margin})")
+        if not 0 < self.threshold < 1:
+            raise LrerrError(f"--threshold must be between 0 and 1, exclusive (got {self.threshold})")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise LrerrError(f"--jpeg-quality must be from 1 to 100 (got {self.jpeg_quality})")
+        if self.det_max_side < 1:
+            raise LrerrError(f"--det-max-side must be at least 1 pixel (got {self.det_max_side})")
+        if self.batch_size < 0:
+            raise LrerrError(f"--batch-size must be 0 (the device's default) or more "
+                             f"(got {self.batch_size})")
+        # Later stages cut faces into 16 px patches (the MAE's grid and the key region's).
+        if self.crop_size < MIN_CROP or self.crop_size % PATCH_SIZE:
+            raise LrerrError(f"--crop-size must be a multiple of {PATCH_SIZE} px, at least {MIN_CROP} "
+                             f"(got {self.crop_size}); the detectors here use 224")
+        resolve_jobs(self.jobs)
         parse_part(self.part)
         check_detector(self.detector, self.detector_weights, self.device)
         unknown = sorted(set(self.keep_splits or ()) - {*SPLITS, UNASSIGNED})
@@ -184,10 +199,10 @@ def finalize(out_dir: str | Path) -> Manifest | None:
         return None
     records = [r for result in results for r in result["records"]]
     manifest = Manifest(
-        stage=STAGE, config=ident, parent=None, counts=_counts(results, listing.missing),
+        stage=STAGE, config=ident, parent=None, counts=_counts(results, listing.missing, ident["frames"]),
         complete=True, extra={
             "missing_videos": listing.missing,
-            "short_videos": [r["video_id"] for r in results if 0 < r["crops"] < r["requested"]],
+            "short_videos": [r["video_id"] for r in results if _short(r, ident["frames"])],
             "failed_videos": [r["video_id"] for r in results if r["crops"] == 0],
         })
     previous = existing_manifest(out_dir)
@@ -196,13 +211,19 @@ def finalize(out_dir: str | Path) -> Manifest | None:
     return write_stage(out_dir, manifest, records)
 
 
-def _counts(results: list[dict], missing: list[str]) -> dict[str, int]:
+def _short(result: dict, frames: int | None) -> bool:
+    """Some crops, but fewer than asked for: fewer than sampled, or a video shorter than
+    `--frames` (which samples all of its frames)."""
+    return 0 < result["crops"] < max(result["requested"], frames or 0)
+
+
+def _counts(results: list[dict], missing: list[str], frames: int | None) -> dict[str, int]:
     statuses = [r["status"] for result in results for r in result["records"]]
     return {
         "videos": len(results),
         "videos_with_crops": sum(r["crops"] > 0 for r in results),
         "videos_failed": sum(r["crops"] == 0 for r in results),
-        "videos_short": sum(0 < r["crops"] < r["requested"] for r in results),
+        "videos_short": sum(_short(r, frames) for r in results),
         "videos_missing": len(missing),
         "frames_tried": sum(r["requested"] for r in results),
         "crops": statuses.count("ok"),
@@ -324,6 +345,14 @@ def _list(ident: dict):
 
 def _read_config(out_dir: Path) -> dict:
     path = out_dir / WORK_DIR / "config.json"
+    manifest = existing_manifest(out_dir) if out_dir.is_dir() else None
+    if manifest is not None and manifest.stage != STAGE:
+        raise LrerrError(f"{out_dir}: is a '{manifest.stage}' directory, not an extract output directory — "
+                         "merge joins the parts of `extract --part i/N`")
     if not path.is_file():
         raise LrerrError(f"{out_dir}: not an extract output directory (no {path.relative_to(out_dir)})")
-    return json.loads(path.read_text())
+    ident = json.loads(path.read_text())
+    if not {"dataset", "root", "frames"} <= set(ident):
+        raise LrerrError(f"{out_dir}: is another stage's work directory, not an extract output directory — "
+                         "merge joins the parts of `extract --part i/N`")
+    return ident

@@ -9,12 +9,17 @@ from typing import TypeVar
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
+from lrerr_tools.errors import LrerrError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 def resolve_jobs(jobs: int) -> int:
-    """`jobs` <= 0 means one per CPU core."""
+    """`jobs` 0 means one per CPU core; below 0 is refused (joblib would read -1 as all
+    cores and -2 as all but one, which no one means by typing a negative count here)."""
+    if jobs < 0:
+        raise LrerrError(f"--jobs must be 0 (one per core) or more (got {jobs})")
     return jobs if jobs > 0 else (os.cpu_count() or 1)
 
 

@@ -278,6 +278,9 @@ def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str =
     if not score_dirs:
         raise LrerrError("no score directories given")
     out = Path(out)
+    if out.is_dir():
+        raise LrerrError(f"--out {out}: is a directory; name the Markdown file to write, e.g. "
+                         f"{out / 'report.md'}")
     runs = [load_run(d) for d in score_dirs]
     tables, notes = build_tables(runs, level)
     atomic_write_bytes(out, render_markdown(list(tables.values()), notes, runs, level).encode())

@@ -1,0 +1,94 @@
+"""Hostile and careless input from issue 12's review: each case is one `error:` line (exit 2)
+or a record, with nothing written or lost. Small inputs only, so CI runs every case."""
+
+import json
+
+import pytest
+from test_extract_bad_input import assert_one_error_line, clip, folder_config, invoke, write_video
+from test_shard import shared_landmarks_dir
+
+from lrerr_tools.errors import LrerrError
+from lrerr_tools.extract import run
+
+
+@pytest.fixture
+def one_video_root(tmp_path):
+    root = tmp_path / "root"
+    write_video(root / "real" / "good.mp4", clip(6, seed=1))
+    return root
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "-1", "--batch-size must be 0 (the device's default) or more (got -1)"),
+    ("--det-max-side", "0", "--det-max-side must be at least 1 pixel (got 0)"),
+    ("--det-max-side", "-1", "--det-max-side must be at least 1 pixel (got -1)"),
+    ("--crop-size", "0", "--crop-size must be a multiple of 16 px, at least 32 (got 0)"),
+    ("--crop-size", "100", "--crop-size must be a multiple of 16 px, at least 32 (got 100)"),
+    ("--crop-size", "16", "--crop-size must be a multiple of 16 px, at least 32 (got 16)"),
+    ("--threshold", "0", "--threshold must be between 0 and 1, exclusive (got 0.0)"),
+    ("--threshold", "1.5", "--threshold must be between 0 and 1, exclusive (got 1.5)"),
+    ("--jpeg-quality", "0", "--jpeg-quality must be from 1 to 100 (got 0)"),
+    ("--jpeg-quality", "101", "--jpeg-quality must be from 1 to 100 (got 101)"),
+    ("--jobs", "-1", "--jobs must be 0 (one per core) or more (got -1)"),
+])
+def test_extract_options_that_would_break_deep_inside_are_refused_up_front(one_video_root, tmp_path, option,
+                                                                           value, message):
+    out = tmp_path / "extract"
+    result = invoke("extract", one_video_root, "--dataset", "folder", "--out", out, option, value)
+    assert_one_error_line(result, message)
+    assert not out.exists()
+
+
+def test_usable_crop_sizes_still_run(one_video_root, tmp_path):
+    manifest = run(folder_config(one_video_root, tmp_path / "extract", crop_size=112, frames=2))
+    assert manifest.complete and manifest.counts["crops"] == 2
+
+
+def test_a_video_shorter_than_frames_is_listed_as_short(one_video_root, tmp_path):
+    # 6 frames, 10 asked: every frame is sampled, yet the video gave fewer crops than asked.
+    manifest = run(folder_config(one_video_root, tmp_path / "extract", frames=10))
+    assert manifest.counts["crops"] == 6
+    assert manifest.extra["short_videos"] == ["real/good"] and manifest.counts["videos_short"] == 1
+    assert run(folder_config(one_video_root, tmp_path / "every", frames=None, every=2)).extra[
+        "short_videos"] == []
+
+
+def test_report_out_naming_a_directory_is_one_line(tmp_path):
+    from test_report import FFPP, score_dir
+
+    run_dir = score_dir(tmp_path, "score", "lrerr", FFPP, "ffpp")
+    (tmp_path / "reports").mkdir()
+    result = invoke("report", run_dir, "--out", tmp_path / "reports")
+    assert_one_error_line(result, "--out", "is a directory; name the Markdown file to write")
+    assert list((tmp_path / "reports").iterdir()) == []
+
+
+def test_merge_on_a_directory_that_is_not_an_extract_is_one_line(ffpp_root, tmp_path_factory):
+    landmarks = shared_landmarks_dir(ffpp_root, tmp_path_factory)
+    before = (landmarks / "manifest.json").read_bytes()
+    result = invoke("merge", landmarks)
+    assert_one_error_line(result, "is a 'landmarks' directory, not an extract output directory")
+    assert (landmarks / "manifest.json").read_bytes() == before
+
+
+def test_merge_on_another_stages_unfinished_work_is_one_line(tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "config.json").write_text(json.dumps({"coverage": 0.9}))
+    result = invoke("merge", tmp_path)
+    assert_one_error_line(result, "is another stage's work directory, not an extract output directory")
+
+
+def test_sample_into_an_existing_file_is_one_line(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    result = invoke("sample", target)
+    assert_one_error_line(result, "exists and is not a folder")
+    assert target.read_text() == "keep me"
+
+
+def test_negative_jobs_are_refused_by_every_parallel_stage():
+    from lrerr_tools.parallel import resolve_jobs
+
+    with pytest.raises(LrerrError, match="--jobs must be 0"):
+        resolve_jobs(-2)
+    assert resolve_jobs(3) == 3 and resolve_jobs(0) >= 1
