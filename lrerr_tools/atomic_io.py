@@ -26,6 +26,10 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
+# What a temp file's name adds to its target's: ".{name}." + mkstemp's 8 characters + ".tmp".
+TEMP_NAME_EXTRA = 2 + 8 + 4
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, FILE_MODE)

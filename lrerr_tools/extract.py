@@ -37,7 +37,14 @@ from lrerr_tools.face_choice import POLICIES, choose_face
 from lrerr_tools.manifest import Manifest, write_stage
 from lrerr_tools.parallel import resolve_jobs, run_parallel, threads_per_job
 from lrerr_tools.sampling import sample_indices
-from lrerr_tools.stage_dir import WORK_DIR, existing_manifest, prepare_output, result_path, same_output
+from lrerr_tools.stage_dir import (
+    WORK_DIR,
+    existing_manifest,
+    prepare_output,
+    result_path,
+    same_output,
+    work_name,
+)
 from lrerr_tools.video import BACKENDS, VideoOpenError, VideoReader
 
 log = logging.getLogger(__name__)
@@ -246,7 +253,7 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
         return video.video_id
     indices = sample_indices(reader.n_frames, frames=cfg.frames, every=cfg.every)
     final_dir = out_dir / CROPS_DIR / video.video_id
-    partial_dir = final_dir.with_name(final_dir.name + ".partial")
+    partial_dir = final_dir.with_name(work_name(final_dir.name, ".partial"))
     shutil.rmtree(partial_dir, ignore_errors=True)
     partial_dir.mkdir(parents=True)
     batch_size = cfg.batch_size or (32 if cfg.device.startswith("cuda") else CPU_BATCH)

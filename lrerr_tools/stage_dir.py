@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from lrerr_tools.atomic_io import create_json_once, jsonl_bytes
+from lrerr_tools.atomic_io import TEMP_NAME_EXTRA, create_json_once, jsonl_bytes
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import MANIFEST_FILE, RECORDS_FILE, Manifest, read_manifest
 
@@ -24,8 +24,24 @@ WORK_DIR = "work"
 CONFIG_FILE = "config.json"
 
 
+NAME_MAX = 255  # bytes in one file name, on Linux and macOS filesystems alike
+
+
+def work_name(name: str, suffix: str) -> str:
+    """`name + suffix` as a file name that still fits NAME_MAX with an atomic write's temp
+    name around it: a long name keeps a readable start and gains a hash of the whole, so
+    different long names stay different. The records keep the real id."""
+    limit = NAME_MAX - TEMP_NAME_EXTRA - len(suffix.encode())
+    if len(name.encode()) <= limit:
+        return name + suffix
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    start = name.encode()[:limit - len(digest) - 1].decode(errors="ignore")
+    return f"{start}~{digest}{suffix}"
+
+
 def result_path(out_dir: Path, video_id: str) -> Path:
-    return Path(out_dir) / WORK_DIR / "videos" / f"{video_id}.json"
+    folder, _, name = video_id.rpartition("/")
+    return Path(out_dir) / WORK_DIR / "videos" / folder / work_name(name, ".json")
 
 
 def prepare_output(out: Path, stage: str, identity: dict, overwrite: bool,

@@ -92,3 +92,27 @@ def test_negative_jobs_are_refused_by_every_parallel_stage():
     with pytest.raises(LrerrError, match="--jobs must be 0"):
         resolve_jobs(-2)
     assert resolve_jobs(3) == 3 and resolve_jobs(0) >= 1
+
+
+def test_a_video_name_near_name_max_extracts_and_resumes(tmp_path):
+    root = tmp_path / "root"
+    name = "interview-" + "x" * 236  # 250 characters with ".mp4": the work names would overflow
+    write_video(root / "real" / f"{name}.mp4", clip(4, seed=2))
+    out = tmp_path / "extract"
+    manifest = run(folder_config(root, out, frames=2))
+    assert manifest.complete and manifest.counts["crops"] == 2
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["video_id"] for r in records} == {f"real/{name}"}  # the real id, not a shortened one
+    assert all((out / r["crop"]).is_file() for r in records)
+    (work,) = (out / "work" / "videos" / "real").iterdir()
+    assert len(work.name) <= 255 - 14 and work.name.startswith("interview-x")
+    assert run(folder_config(root, out, frames=2)) == manifest  # a rerun finds it done
+
+
+def test_long_work_names_stay_distinct():
+    from lrerr_tools.stage_dir import work_name
+
+    a, b = ("y" * 300 + tail for tail in ("-a", "-b"))
+    assert work_name("short", ".json") == "short.json"
+    assert work_name(a, ".json") != work_name(b, ".json")
+    assert all(len(work_name(n, ".partial").encode()) <= 255 - 14 for n in (a, b, "é" * 200))
