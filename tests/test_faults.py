@@ -116,3 +116,48 @@ def test_long_work_names_stay_distinct():
     assert work_name("short", ".json") == "short.json"
     assert work_name(a, ".json") != work_name(b, ".json")
     assert all(len(work_name(n, ".partial").encode()) <= 255 - 14 for n in (a, b, "é" * 200))
+
+
+WORKER_SCRIPT = """
+import os, sys, time
+from lrerr_tools.parallel import run_parallel
+
+def work(i):
+    with open(os.path.join(sys.argv[1], f"worker-{os.getpid()}"), "w"):
+        pass
+    time.sleep(60)
+    return i
+
+for _ in run_parallel(work, [0, 1], jobs=2, desc="test", unit="item"):
+    pass
+"""
+
+
+def test_workers_end_with_a_main_process_killed_by_sigkill(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    main = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(tmp_path)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("worker-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+    assert len(workers) == 2
+    main.send_signal(signal.SIGKILL)
+    main.wait()
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone
+            return f.read().split()[2] != "Z"
+
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
