@@ -79,6 +79,7 @@ class ShardDataset(Dataset):
                 continue
             if fake_methods is not None and not (entry["n_real"] or fake_methods & set(entry["methods"])):
                 continue
+            _check_size(self.shard_dir, entry)
             with h5py.File(self.shard_dir / entry["file"], "r") as f:
                 label = f["label"][:]
                 frame = f["frame_index"][:]
@@ -178,6 +179,18 @@ class ShardDataset(Dataset):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._pid = os.getpid()
+
+
+def _check_size(shard_dir: Path, entry: dict) -> None:
+    """Refuse, before any training or scoring, a shard deleted or cut short since the shard
+    stage wrote it: a size check costs one stat, where a hash would read every byte
+    (`lrerr-tools verify --deep` does that)."""
+    path = shard_dir / entry["file"]
+    size = path.stat().st_size if path.is_file() else None
+    if size != entry["bytes"]:
+        found = "is missing" if size is None else f"has {size} bytes, the manifest {entry['bytes']}"
+        raise LrerrError(f"{path}: {found} — check the directory with `lrerr-tools verify {shard_dir}`, "
+                         "then rebuild it with `lrerr-tools shard --overwrite`")
 
 
 def balanced_sampler(dataset: ShardDataset, num_samples: int | None = None,

@@ -161,3 +161,30 @@ def test_workers_end_with_a_main_process_killed_by_sigkill(tmp_path):
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_training_refuses_a_damaged_shard_before_it_starts(ffpp_root, tmp_path_factory, tmp_path, damage):
+    import shutil
+
+    from test_shard import shared_png_shards
+    from test_train_det import config
+
+    from lrerr_tools.detector.train import run as train_det
+    from lrerr_tools.shard_dataset import ShardDataset
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shared_png_shards(ffpp_root, tmp_path_factory), shards)
+    victim = sorted((shards / "shards").glob("train-*.h5"))[0]
+    if damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    else:
+        victim.unlink()
+    found = r"has \d+ bytes, the manifest \d+" if damage == "truncated" else "is missing"
+    refusal = rf"{victim}: {found} — check the directory with `lrerr-tools verify {shards}`"
+    with pytest.raises(LrerrError, match=refusal):
+        ShardDataset(shards, split="train")
+    with pytest.raises(LrerrError, match=refusal):
+        train_det(config(shards, tmp_path / "run", "xception"))
+    assert not (tmp_path / "run").exists()
+    assert len(ShardDataset(shards, split="val")) == 22  # the other splits still read
