@@ -135,6 +135,34 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(finished, unfinished, s
     assert rows[0] == rows[1] and len(rows[0]) == 2
 
 
+def test_a_kill_just_after_the_checkpoint_lands_resumes_to_the_same_run(finished, shards, tmp_path,
+                                                                       monkeypatch):
+    out = tmp_path / "run"
+    real_save = train_module._Trainer._save
+
+    def save_then_die(self):
+        real_save(self)
+        if self.epoch == 1:
+            raise KeyboardInterrupt  # last.pt holds epoch 1; its manifest was not written
+
+    monkeypatch.setattr(train_module._Trainer, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run(config(shards, out))
+    monkeypatch.undo()
+    train_module.run(config(shards, out, resume=True))
+    grids = [sorted((run / "grids").iterdir()) for run in (finished, out)]
+    assert [p.name for p in grids[1]] == ["epoch-001.png", "epoch-002.png"]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*grids))
+    rows = [[{k: r[k] for k in LOSS_COLUMNS} for r in read_log(run)] for run in (finished, out)]
+    assert rows[0] == rows[1]
+    manifests = [read_manifest(run) for run in (finished, out)]
+    assert manifests[0].counts == manifests[1].counts and manifests[1].complete
+    assert manifests[0].extra["best"] == manifests[1].extra["best"]
+    histories = [[{k: r[k] for k in LOSS_COLUMNS} for r in map(json.loads, (run / "records.jsonl").open())]
+                 for run in (finished, out)]
+    assert histories[0] == histories[1] and len(histories[0]) == 2
+
+
 def test_a_finished_run_is_kept_and_another_config_refused(finished, shards, tmp_path):
     before = (finished / "manifest.json").read_bytes()
     manifest = train_module.run(config(shards, finished, workers=2))  # a run option: same run

@@ -249,9 +249,11 @@ class _Trainer:
                 self.history.append(record)
                 logger.log(record)
                 self._report(record)
-                self._save()
+                # The epoch's artefacts before its checkpoint, which commits the epoch: a kill
+                # before it redoes the epoch and rewrites them alike, a kill after finds them.
                 write_grid(self.out / GRIDS / f"epoch-{self.epoch:03d}.png",
                            reconstruction_grid(unwrap(self.model), *grid_faces, self.device))
+                self._save()
                 self._write_manifest(complete=self.epoch == cfg.epochs)
             dist.barrier()
 
