@@ -188,3 +188,22 @@ def test_training_refuses_a_damaged_shard_before_it_starts(ffpp_root, tmp_path_f
         train_det(config(shards, tmp_path / "run", "xception"))
     assert not (tmp_path / "run").exists()
     assert len(ShardDataset(shards, split="val")) == 22  # the other splits still read
+
+
+def test_video_named_entries_that_are_skipped_are_named_in_a_warning(tmp_path, caplog):
+    from lrerr_tools.datasets.base import list_video_files
+
+    root = tmp_path / "videos"
+    for name in ("a.mp4", "b.m4v", "c.MPG", "d.wmv"):
+        write_video(root / name, clip(2))
+    for name in ("._a.mp4", "notes.txt"):
+        (root / name).write_text("not a video")
+    (root / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (root / "folder.mov").mkdir()
+    with caplog.at_level("WARNING"):
+        found = list_video_files(root)
+    assert [p.name for p in found] == ["a.mp4", "b.m4v", "c.MPG", "d.wmv"]
+    text = caplog.text
+    assert "gone.mp4: named like a video but a symlink to nothing" in text
+    assert "folder.mov: named like a video but not a file" in text
+    assert "skipped 1 hidden files named like videos" in text and "notes.txt" not in text

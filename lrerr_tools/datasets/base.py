@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -9,7 +10,10 @@ from pathlib import Path
 
 from lrerr_tools.errors import LrerrError
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
+                    ".wmv")
 SPLITS = ("train", "val", "test")
 UNASSIGNED = "unassigned"
 
@@ -44,20 +48,25 @@ class DatasetListing:
 
 
 def list_video_files(directory: Path, *, recursive: bool = False) -> list[Path]:
-    """Video files in `directory` as absolute paths, sorted; an absent directory has none."""
+    """Video files in `directory` as absolute paths, sorted; an absent directory has none.
+    A video-named entry that is not a readable file (a dangling symlink, a folder) is
+    skipped with a warning that names it, never in silence."""
     if not directory.is_dir():
         return []
     # abspath rather than resolve: a symlinked dataset keeps the paths the user knows.
     directory = Path(os.path.abspath(directory))
     candidates = directory.rglob("*") if recursive else directory.iterdir()
-    return sorted(
-        path
-        for path in candidates
-        # Dot files are skipped: macOS copies leave "._x.mp4" resource forks next to videos.
-        if path.suffix.lower() in VIDEO_EXTENSIONS
-        and not path.name.startswith(".")
-        and path.is_file()
-    )
+    named = sorted(path for path in candidates if path.suffix.lower() in VIDEO_EXTENSIONS)
+    # Dot files are skipped: macOS copies leave "._x.mp4" resource forks next to videos.
+    hidden = [path for path in named if path.name.startswith(".")]
+    if hidden:
+        log.warning("skipped %d hidden files named like videos in %s (e.g. %s; macOS leaves ._ copies)",
+                    len(hidden), directory, hidden[0].name)
+    videos = [path for path in named if not path.name.startswith(".") and path.is_file()]
+    for path in sorted(set(named) - set(hidden) - set(videos)):
+        why = "a symlink to nothing" if path.is_symlink() and not path.exists() else "not a file"
+        log.warning("skipped %s: named like a video but %s", path, why)
+    return videos
 
 
 def read_text(path: Path, what: str) -> str:
