@@ -42,6 +42,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     A kill at any moment leaves either the old file or the new one, never a mix.
     """
     path = Path(path)
+    if path.is_file():  # nothing to write: so a finished stage on read-only storage still reads
+        return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_beside(path)
     try:
@@ -78,6 +80,8 @@ def create_json_once(path: str | Path, obj: object) -> dict:
     same file agree on one winner without a lock.
     """
     path = Path(path)
+    if path.is_file():  # nothing to write: so a finished stage on read-only storage still reads
+        return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_beside(path)
     try:

@@ -207,3 +207,43 @@ def test_video_named_entries_that_are_skipped_are_named_in_a_warning(tmp_path, c
     assert "gone.mp4: named like a video but a symlink to nothing" in text
     assert "folder.mov: named like a video but not a file" in text
     assert "skipped 1 hidden files named like videos" in text and "notes.txt" not in text
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """`view(src)`: `src` mounted read-only (a bind mount; as root, chmod would not stop writes)."""
+    import subprocess
+
+    mounts = []
+
+    def view(src):
+        target = tmp_path / f"ro-{len(mounts)}"
+        target.mkdir()
+        if subprocess.run(["mount", "--bind", str(src), str(target)], capture_output=True).returncode:
+            pytest.skip("bind mounts are not allowed here")
+        mounts.append(target)
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], capture_output=True).returncode:
+            pytest.skip("read-only remounts are not allowed here")
+        return target
+
+    yield view
+    for target in reversed(mounts):
+        subprocess.run(["umount", str(target)], capture_output=True)
+
+
+def test_a_finished_extract_on_read_only_storage_reports_complete(ffpp_root, tmp_path_factory, tmp_path,
+                                                                  read_only_view, extract_config):
+    import shutil
+
+    from test_shard import shared_extract_dir
+
+    work = tmp_path / "work"
+    shutil.copytree(shared_extract_dir(ffpp_root, tmp_path_factory), work / "extract")
+    archived = read_only_view(work) / "extract"
+    with pytest.raises(OSError):
+        (archived / "probe").write_text("x")
+    manifest = run(extract_config(out=str(archived)))
+    assert manifest.complete and manifest.counts["crops"] == 72
+    result = invoke("extract", ffpp_root, "--dataset", "ffpp", "--splits", ffpp_root / "splits",
+                    "--frames", "4", "--out", archived)
+    assert result.exit_code == 0, result.output
