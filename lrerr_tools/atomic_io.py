@@ -42,8 +42,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     A kill at any moment leaves either the old file or the new one, never a mix.
     """
     path = Path(path)
-    if path.is_file():  # nothing to write: so a finished stage on read-only storage still reads
-        return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_beside(path)
     try:
