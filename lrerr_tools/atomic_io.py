@@ -30,6 +30,15 @@ FILE_MODE = 0o666 & ~_read_umask()
 TEMP_NAME_EXTRA = 2 + 8 + 4
 
 
+def written_file(path: str | Path) -> Path:
+    """The file a write was for: `path` itself, or the target of one of our temp files."""
+    path = Path(path)
+    name = path.name
+    if name.startswith(".") and name.endswith(".tmp") and len(name) > TEMP_NAME_EXTRA:
+        return path.with_name(name[1:-(TEMP_NAME_EXTRA - 1)])
+    return path
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, FILE_MODE)
@@ -50,6 +59,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # a full disk fails in write(), which names no file: name ours
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -3,8 +3,10 @@ config and handed to its `run`, which is also the Python API."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -30,11 +32,37 @@ def user_errors(command):
         except LrerrError as e:
             typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in STORAGE_ERRORS:
+                raise
+            typer.secho(f"error: {storage_problem(e)}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.secho("interrupted — rerun the same command to resume", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+# What the storage refuses, as opposed to a bug: the user's to fix, and nothing is lost
+# (every output is written to a temp file and renamed, so a failed write leaves the old one).
+STORAGE_ERRORS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def storage_problem(e: OSError) -> str:
+    """One line for a write the storage refused, naming the file; for a full disk, its free space."""
+    from lrerr_tools.atomic_io import written_file
+
+    where = written_file(e.filename) if e.filename else None
+    line = f"cannot write {where or 'an output file'}: {e.strerror}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and where is not None:
+        existing = next((p for p in (where, *where.parents) if p.exists()), None)
+        if existing is not None:
+            line += f" ({shutil.disk_usage(existing).free / 2**20:.0f} MiB free there)"
+        line += " — free some space, then rerun the same command to resume"
+    else:
+        line += " — write somewhere writable (--out), or fix the permissions, then rerun"
+    return line
 
 
 def split_commas(values: list[str] | None) -> list[str] | None:

@@ -247,3 +247,46 @@ def test_a_finished_extract_on_read_only_storage_reports_complete(ffpp_root, tmp
     result = invoke("extract", ffpp_root, "--dataset", "ffpp", "--splits", ffpp_root / "splits",
                     "--frames", "4", "--out", archived)
     assert result.exit_code == 0, result.output
+
+
+def test_a_read_only_output_is_one_line_naming_the_file(tmp_path, read_only_view):
+    from test_report import FFPP, score_dir
+
+    run_dir = score_dir(tmp_path, "score", "lrerr", FFPP, "ffpp")
+    (tmp_path / "reports").mkdir()
+    archive = read_only_view(tmp_path / "reports")
+    result = invoke("report", run_dir, "--out", archive / "paper.md")
+    assert_one_error_line(result, f"cannot write {archive / 'paper.md'}: Read-only file system",
+                          "write somewhere writable (--out)")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs filled to the last byte (root only, where mounts are allowed)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("tmpfs mounts are not allowed here")
+    try:
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_with_the_free_space_and_loses_nothing(tmp_path, full_disk):
+    from test_report import FFPP, score_dir
+
+    run_dir = score_dir(tmp_path, "score", "lrerr", FFPP, "ffpp")
+    result = invoke("report", run_dir, "--out", full_disk / "paper.md")
+    assert_one_error_line(result, f"cannot write {full_disk / 'paper.md'}: No space left on device",
+                          "MiB free there", "free some space, then rerun")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # no half-written file left
+    (full_disk / "filler").unlink()
+    assert invoke("report", run_dir, "--out", full_disk / "paper.md").exit_code == 0
