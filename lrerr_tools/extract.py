@@ -39,6 +39,7 @@ from lrerr_tools.parallel import resolve_jobs, run_parallel, threads_per_job
 from lrerr_tools.sampling import sample_indices
 from lrerr_tools.stage_dir import (
     WORK_DIR,
+    exclusive_run,
     existing_manifest,
     prepare_output,
     result_path,
@@ -165,15 +166,16 @@ def run(cfg: ExtractConfig) -> Manifest | None:
     for name in listing.missing:
         log.warning("named in the split lists but not on disk: %s", name)
     out = Path(cfg.out)
-    prepare_output(out, STAGE, cfg.identity(), cfg.overwrite, outputs=(CROPS_DIR,))
-    mine = part_videos(listing.videos, cfg.part)
-    todo = [v for v in mine if not result_path(out, v.video_id).is_file()]
-    if len(todo) < len(mine):
-        log.info("resuming: %d of %d videos already extracted", len(mine) - len(todo), len(mine))
-    work = partial(extract_video, cfg=cfg, out_dir=out)
-    for _ in run_parallel(work, todo, jobs=cfg.jobs, desc="extract", unit="video"):
-        pass
-    return finalize(out)
+    with exclusive_run(out, STAGE, cfg.part):
+        prepare_output(out, STAGE, cfg.identity(), cfg.overwrite, outputs=(CROPS_DIR,))
+        mine = part_videos(listing.videos, cfg.part)
+        todo = [v for v in mine if not result_path(out, v.video_id).is_file()]
+        if len(todo) < len(mine):
+            log.info("resuming: %d of %d videos already extracted", len(mine) - len(todo), len(mine))
+        work = partial(extract_video, cfg=cfg, out_dir=out)
+        for _ in run_parallel(work, todo, jobs=cfg.jobs, desc="extract", unit="video"):
+            pass
+        return finalize(out)
 
 
 def survey(cfg: ExtractConfig) -> dict[str, int]:

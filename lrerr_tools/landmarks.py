@@ -35,6 +35,7 @@ from lrerr_tools.parallel import run_parallel
 from lrerr_tools.stage_dir import (
     CONFIG_FILE,
     WORK_DIR,
+    exclusive_run,
     existing_manifest,
     prepare_output,
     result_path,
@@ -94,16 +95,17 @@ def run(cfg: LandmarksConfig) -> Manifest:
     if out.resolve() == parent.path.resolve():
         raise LrerrError(f"--out {out}: is the extract directory itself — choose another")
     _check_same_parent(out, parent, cfg.overwrite)
-    prepare_output(out, STAGE, {**cfg.identity(), "parent_sha256": parent.sha256}, cfg.overwrite,
-                   outputs=(IMAGE_FILE,))
-    videos, parent_non_ok = _group_by_video(parent)
-    todo = [(vid, recs) for vid, recs in videos.items() if not result_path(out, vid).is_file()]
-    if len(todo) < len(videos):
-        log.info("resuming: %d of %d videos already done", len(videos) - len(todo), len(videos))
-    work = partial(landmark_video, extract_dir=parent.path, out_dir=out, size=size)
-    for _ in run_parallel(work, todo, jobs=cfg.jobs, desc=STAGE, unit="video"):
-        pass
-    return _finalize(cfg, parent, out, list(videos), parent_non_ok, size)
+    with exclusive_run(out, STAGE):
+        prepare_output(out, STAGE, {**cfg.identity(), "parent_sha256": parent.sha256}, cfg.overwrite,
+                       outputs=(IMAGE_FILE,))
+        videos, parent_non_ok = _group_by_video(parent)
+        todo = [(vid, recs) for vid, recs in videos.items() if not result_path(out, vid).is_file()]
+        if len(todo) < len(videos):
+            log.info("resuming: %d of %d videos already done", len(videos) - len(todo), len(videos))
+        work = partial(landmark_video, extract_dir=parent.path, out_dir=out, size=size)
+        for _ in run_parallel(work, todo, jobs=cfg.jobs, desc=STAGE, unit="video"):
+            pass
+        return _finalize(cfg, parent, out, list(videos), parent_non_ok, size)
 
 
 def _check_same_parent(out: Path, parent: StageDir, overwrite: bool) -> None:

@@ -1,6 +1,7 @@
 """The resumable-output machinery that per-video stages share (`extract`, `landmarks`).
 
-A stage claims its output directory with `prepare_output`, which stores the config that
+A run holds its output directory with `exclusive_run` (one lock per `--part`) and claims it
+with `prepare_output`, which stores the config that
 decides the output in `work/config.json` and refuses a different one unless --overwrite.
 Each video's result is written atomically to `work/videos/<video_id>.json`; its presence
 means "done", so a rerun skips it. At the end the stage writes records.jsonl + manifest.json,
@@ -10,10 +11,16 @@ kept, with their hash, so the stages built on them stay valid).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Iterable
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lrerr_tools.atomic_io import TEMP_NAME_EXTRA, create_json_once, jsonl_bytes
@@ -44,6 +51,53 @@ def result_path(out_dir: Path, video_id: str) -> Path:
     return Path(out_dir) / WORK_DIR / "videos" / folder / work_name(name, ".json")
 
 
+LOCK_PREFIX = ".lock-"
+
+
+def _holds_more_than_locks(out: Path) -> bool:
+    return any(not p.name.startswith(LOCK_PREFIX) for p in out.iterdir())
+
+
+@contextmanager
+def exclusive_run(out: Path, stage: str, part: str = "1/1") -> Iterator[None]:
+    """Hold `out` for this run of `stage` (one `--part` of it) until the block ends.
+
+    A second run on the same `out` and part is refused in one line naming the holder, so two
+    runs never interleave their results or wipe each other's (--overwrite); the parts of one
+    job lock apart and go on together. The lock is fcntl's: the kernel drops it when the
+    process ends, however it ends, so a kill leaves no stale lock. Where nothing can write
+    (read-only storage) there is nothing to guard, and no lock is taken.
+    """
+    out = Path(out)
+    path = out / f"{LOCK_PREFIX}{part.replace('/', 'of')}"
+    ours = (out / WORK_DIR / CONFIG_FILE).is_file()
+    if out.exists() and not (out.is_dir() and (ours or not _holds_more_than_locks(out))):
+        yield  # a file, or someone else's folder: prepare_output refuses it, and we leave no trace
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise LrerrError(f"--out {out}: another {stage} run is working in it ({holder}) — wait for "
+                             "it to finish or stop it; the parts of one job take different --part values"
+                             ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}"
+                  .encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def prepare_output(out: Path, stage: str, identity: dict, overwrite: bool,
                    outputs: Iterable[str] = ()) -> None:
     """Claim `out` for the config `identity`, refusing a different one unless `overwrite`.
@@ -56,7 +110,7 @@ def prepare_output(out: Path, stage: str, identity: dict, overwrite: bool,
     ours = config_path.is_file()
     if out.exists() and not out.is_dir():
         raise LrerrError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not ours:
+    if out.is_dir() and _holds_more_than_locks(out) and not ours:
         article = "an" if stage[:1] in "aeiou" else "a"
         raise LrerrError(f"--out {out}: not empty and not {article} {stage} output — choose another")
     if ours and overwrite:

@@ -290,3 +290,27 @@ def test_a_full_disk_is_one_line_with_the_free_space_and_loses_nothing(tmp_path,
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]  # no half-written file left
     (full_disk / "filler").unlink()
     assert invoke("report", run_dir, "--out", full_disk / "paper.md").exit_code == 0
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_parts_go_on(one_video_root, tmp_path):
+    import fcntl
+    import os
+
+    out = tmp_path / "extract"
+    out.mkdir()
+    holder = os.open(out / ".lock-1of1", os.O_RDWR | os.O_CREAT)
+    os.write(holder, b"pid 4242 on lab-7")
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running extract holds it
+    try:
+        with pytest.raises(LrerrError, match=r"--out .*extract: another extract run is working in it "
+                                             r"\(pid 4242 on lab-7\) — wait for it"):
+            run(folder_config(one_video_root, out, frames=2))
+        assert sorted(p.name for p in out.iterdir()) == [".lock-1of1"]  # nothing written or wiped
+        # The parts of one job lock apart: neither is held up, and the last one finishes the stage.
+        results = [run(folder_config(one_video_root, out, frames=2, part=part)) for part in ("1/2", "2/2")]
+        assert results[-1] is not None and results[-1].complete and results[-1].counts["crops"] == 2
+    finally:
+        os.close(holder)  # the holder ends: its lock goes with it
+    manifest = run(folder_config(one_video_root, out, frames=2))
+    assert manifest.complete and manifest.counts["crops"] == 2
+    assert run(folder_config(one_video_root, out, frames=2, overwrite=True)).complete
