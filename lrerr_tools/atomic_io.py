@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 HASH_CHUNK = 1 << 20
@@ -39,6 +39,18 @@ def written_file(path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def named_errors(path: str | Path) -> Iterator[None]:
+    """Give an OSError that names no file (a full disk fails in write(), not open()) the name
+    of the file being written, so the user is told which."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, FILE_MODE)
@@ -54,16 +66,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with named_errors(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if e.filename is None:  # a full disk fails in write(), which names no file: name ours
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from lrerr_tools.alignment import align_face
-from lrerr_tools.atomic_io import atomic_write_json
+from lrerr_tools.atomic_io import atomic_write_json, named_errors
 from lrerr_tools.datasets import ADAPTERS, VideoRecord, list_videos
 from lrerr_tools.datasets.base import SPLITS, UNASSIGNED
 from lrerr_tools.detection import DETECTORS, Face, check_detector, make_detector
@@ -320,9 +320,15 @@ def _detector(name, weights, threshold, max_side, threads, device):
 
 
 def _write_image(path: Path, rgb: np.ndarray, cfg: ExtractConfig) -> None:
+    """Encode with OpenCV, write with Python: cv2.imwrite only returns False on a full disk or
+    a read-only folder, where a plain write raises the OSError that says which and names the
+    file (the crop folder is renamed into place only once whole)."""
     params = [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality] if cfg.image_format == "jpg" else []
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
-        raise OSError(f"could not write {path}")
+    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"OpenCV cannot encode a {rgb.shape} crop as {path.suffix}")
+    with named_errors(path):
+        path.write_bytes(encoded.tobytes())
 
 
 def _rounded(a: np.ndarray, digits: int = 2) -> list:

@@ -314,3 +314,19 @@ def test_a_second_run_on_the_same_out_is_refused_while_parts_go_on(one_video_roo
     manifest = run(folder_config(one_video_root, out, frames=2))
     assert manifest.complete and manifest.counts["crops"] == 2
     assert run(folder_config(one_video_root, out, frames=2, overwrite=True)).complete
+
+
+def test_a_disk_that_fills_during_extract_is_one_line_and_the_rerun_finishes(one_video_root, tmp_path,
+                                                                            full_disk):
+    out = full_disk / "extract"
+    (full_disk / "filler").unlink()
+    (full_disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 96 * 1024))  # room for the claim, not the crops
+    result = invoke("extract", one_video_root, "--dataset", "folder", "--out", out, "--frames", "6")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    error = result.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert error.startswith(f"error: cannot write {out}/") and "No space left on device" in error
+    assert "MiB free there) — free some space, then rerun the same command to resume" in error
+    assert not (out / "manifest.json").exists()
+    (full_disk / "filler").unlink()
+    manifest = run(folder_config(one_video_root, out, frames=6))
+    assert manifest.complete and manifest.counts["crops"] == 6
