@@ -46,9 +46,10 @@ def named_errors(path: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.filename is not None or e.errno is None:
+        if e.errno is None or (e.filename is not None and "\n" not in str(e.strerror)):
             raise
-        raise OSError(e.errno, e.strerror, str(path)) from e
+        # os.strerror: h5py's own text spans several lines of HDF5 internals
+        raise OSError(e.errno, os.strerror(e.errno), str(path)) from e
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -54,7 +55,7 @@ def storage_problem(e: OSError) -> str:
     from lrerr_tools.atomic_io import written_file
 
     where = written_file(e.filename) if e.filename else None
-    line = f"cannot write {where or 'an output file'}: {e.strerror}"
+    line = f"cannot write {where or 'an output file'}: {os.strerror(e.errno)}"
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and where is not None:
         existing = next((p for p in (where, *where.parents) if p.exists()), None)
         if existing is not None:

@@ -42,7 +42,7 @@ import cv2
 import h5py
 import numpy as np
 
-from lrerr_tools.atomic_io import atomic_write_json, sha256_file
+from lrerr_tools.atomic_io import atomic_write_json, named_errors, sha256_file
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import Manifest, check_parent_unchanged, linked_dir, open_parent, write_stage
 from lrerr_tools.parallel import run_parallel
@@ -190,7 +190,8 @@ def write_shard(job: ShardJob, ctx: dict) -> dict:
     final = out / job.file
     tmp = final.with_name(f".{final.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
-        entry = _write_h5(tmp, job, ctx)
+        with named_errors(final):
+            entry = _write_h5(tmp, job, ctx)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         entry["bytes"] = tmp.stat().st_size

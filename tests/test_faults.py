@@ -330,3 +330,15 @@ def test_a_disk_that_fills_during_extract_is_one_line_and_the_rerun_finishes(one
     (full_disk / "filler").unlink()
     manifest = run(folder_config(one_video_root, out, frames=6))
     assert manifest.complete and manifest.counts["crops"] == 6
+
+
+def test_a_disk_that_fills_during_shard_is_one_line_naming_the_shard(ffpp_root, tmp_path_factory, full_disk):
+    landmarks = shared_landmarks_dir(ffpp_root, tmp_path_factory)
+    (full_disk / "filler").unlink()  # 1 MiB: about one shard of ten 224 px PNG faces
+    out = full_disk / "shards"
+    result = invoke("shard", landmarks, "--out", out, "--shard-size", "10", "--jobs", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: cannot write {out}/shards/")
+    assert ".h5: No space left on device (" in error
+    assert not list(out.glob("shards/.*.tmp"))  # no half-written shard left behind
