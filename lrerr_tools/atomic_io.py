@@ -46,7 +46,7 @@ def named_errors(path: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno is None or (e.filename is not None and "\n" not in str(e.strerror)):
+        if e.errno is None or e.filename is not None:
             raise
         # os.strerror: h5py's own text spans several lines of HDF5 internals
         raise OSError(e.errno, os.strerror(e.errno), str(path)) from e

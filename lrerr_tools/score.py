@@ -39,6 +39,7 @@ from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.grid import write_grid
 from lrerr_tools.manifest import Manifest, open_parent, write_stage
+from lrerr_tools.methods import get_method
 from lrerr_tools.metrics import LEVELS, compute_metrics, roc_plot, video_rows
 from lrerr_tools.report import METRICS_FILE, metrics_schema
 from lrerr_tools.shard_dataset import SPLITS, ShardDataset
@@ -99,7 +100,10 @@ def run(cfg: ScoreConfig) -> Manifest:
     device = resolve_device(cfg.device)
     shards = open_parent(cfg.shard_dir, "shard")
     detector_run = open_parent(cfg.detector, "train-det")
-    if len(ShardDataset(shards.path, split=cfg.split)) == 0:
+    # With the shard fields the detector's method reads, so the split is indexed once.
+    dataset = ShardDataset(shards.path, split=cfg.split,
+                           fields=get_method(detector_run.manifest.config["method"]).fields)
+    if len(dataset) == 0:
         raise LrerrError(f"{shards.path}: no faces in the {cfg.split} split — nothing to score")
     out = Path(cfg.out)
     identity = cfg.identity(shards.sha256, detector_run.sha256)
@@ -111,7 +115,6 @@ def run(cfg: ScoreConfig) -> Manifest:
     test_data = {**describe_split(shards, cfg.split), "split": cfg.split}
     loaded = load_detector(cfg.detector, device)
     method, net, context, detector_run = loaded.method, loaded.net, loaded.context, loaded.run
-    dataset = ShardDataset(shards.path, split=cfg.split, fields=method.fields)
     method.check_data(dataset, context)
     prepare_output(out, STAGE, identity, cfg.overwrite, OUTPUTS)
     rows, _ = predict(method, net, context, dataset, batch_size=cfg.batch_size, workers=cfg.workers,

@@ -193,6 +193,18 @@ def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: 
     scaler.update()
 
 
+def check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise LrerrError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
+
+
+def check_schedule(schedule: str, step_size: int) -> None:
+    if schedule not in SCHEDULES:
+        raise LrerrError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
+    if schedule == "step" and step_size < 1:
+        raise LrerrError(f"--step-size must be at least 1 with --schedule step (got {step_size})")
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
                     betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
                     no_weight_decay: tuple[str, ...] = ()) -> torch.optim.Optimizer:
@@ -201,8 +213,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float 
     With weight decay, biases, norms and `no_weight_decay` are left undecayed (timm's grouping,
     as in the MAE and most timm recipes); without, every trainable parameter is one group.
     """
-    if name not in OPTIMIZERS:
-        raise LrerrError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
+    check_optimizer(name)
     if weight_decay:
         from timm.optim import param_groups_weight_decay
 
@@ -221,10 +232,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps
     """Stepped once per iteration: linear warm-up over `warmup_steps`, then `constant`,
     `cosine` (to zero at `total_steps`) or `step` (times `gamma` every `step_size` steps,
     counted from the start, like torch's StepLR)."""
-    if schedule not in SCHEDULES:
-        raise LrerrError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
-    if schedule == "step" and step_size < 1:
-        raise LrerrError(f"--step-size must be at least 1 for the step schedule (got {step_size})")
+    check_schedule(schedule, step_size)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -41,8 +41,6 @@ from lrerr_tools.metrics import compute_metrics
 from lrerr_tools.run_dir import LOG_FILE, RunState, best_checkpoint, last_checkpoint, run_training
 from lrerr_tools.shard_dataset import ShardDataset, balanced_sampler
 from lrerr_tools.training import (
-    OPTIMIZERS,
-    SCHEDULES,
     CsvLogger,
     Distributed,
     amp_dtype,
@@ -51,6 +49,8 @@ from lrerr_tools.training import (
     build_optimizer,
     build_scheduler,
     check_finite,
+    check_optimizer,
+    check_schedule,
     grad_scaler,
     restore_training_state,
     save_checkpoint,
@@ -124,16 +124,12 @@ class DetTrainConfig:
         for name in ("epochs", "iters_per_epoch", "batch_size"):
             if getattr(self, name) < 1:
                 raise LrerrError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.optimizer not in OPTIMIZERS:
-            raise LrerrError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
-        if self.schedule not in SCHEDULES:
-            raise LrerrError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
+        check_optimizer(self.optimizer)
+        check_schedule(self.schedule, self.step_size)
         if not self.lr > 0:
             raise LrerrError(f"--lr must be positive (got {self.lr})")
         if not self.weight_decay >= 0:
             raise LrerrError(f"--weight-decay must be 0 or more (got {self.weight_decay})")
-        if self.schedule == "step" and self.step_size < 1:
-            raise LrerrError(f"--step-size must be at least 1 with --schedule step (got {self.step_size})")
         if not 0 < self.gamma <= 1:
             raise LrerrError(f"--gamma must be in (0, 1] (got {self.gamma})")
         if self.workers < 0:
