@@ -163,30 +163,41 @@ def test_workers_end_with_a_main_process_killed_by_sigkill(tmp_path):
     assert not any(alive(pid) for pid in workers)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "flipped byte"])
 def test_training_refuses_a_damaged_shard_before_it_starts(ffpp_root, tmp_path_factory, tmp_path, damage):
     import shutil
 
     from test_shard import shared_png_shards
     from test_train_det import config
+    from test_train_mae import config as mae_config
 
     from lrerr_tools.detector.train import run as train_det
+    from lrerr_tools.mae.train import run as train_mae
     from lrerr_tools.shard_dataset import ShardDataset
 
     shards = tmp_path / "shards"
     shutil.copytree(shared_png_shards(ffpp_root, tmp_path_factory), shards)
-    victim = sorted((shards / "shards").glob("train-*.h5"))[0]
+    entries = json.loads((shards / "manifest.json").read_text())["extra"]["shards"]
+    # A shard with reals: the MAE reads it too.
+    victim = shards / next(e["file"] for e in entries if e["split"] == "train" and e["n_real"])
+    data = bytearray(victim.read_bytes())
     if damage == "truncated":
-        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    else:
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "deleted":
         victim.unlink()
-    found = r"has \d+ bytes, the manifest \d+" if damage == "truncated" else "is missing"
+    else:
+        data[-len(data) // 3] ^= 0xFF  # one byte, as a bad sector or a stray edit changes it
+        victim.write_bytes(data)
+    found = {"truncated": r"has \d+ bytes, the manifest \d+", "deleted": "is missing",
+             "flipped byte": r"changed since it was written \(sha256 differs from the manifest\)"}[damage]
     refusal = rf"{victim}: {found} — check the directory with `lrerr-tools verify {shards}`"
     with pytest.raises(LrerrError, match=refusal):
         ShardDataset(shards, split="train")
     with pytest.raises(LrerrError, match=refusal):
         train_det(config(shards, tmp_path / "run", "xception"))
-    assert not (tmp_path / "run").exists()
+    with pytest.raises(LrerrError, match=refusal):
+        train_mae(mae_config(shards, tmp_path / "mae"))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mae").exists()
     assert len(ShardDataset(shards, split="val")) == 22  # the other splits still read
 
 

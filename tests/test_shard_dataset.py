@@ -9,8 +9,9 @@ import torch
 from test_shard import shared_extract_dir, shared_landmarks_dir, shared_png_shards
 from torch.utils.data import DataLoader
 
+from lrerr_tools.atomic_io import sha256_file
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import open_parent
+from lrerr_tools.manifest import open_parent, read_manifest, write_stage
 from lrerr_tools.shard import ShardConfig, run
 from lrerr_tools.shard_dataset import ShardDataset, balanced_sampler
 
@@ -125,7 +126,17 @@ def test_shards_without_a_field_a_reader_needs_are_refused(shards, tmp_path):
     for path in (copy / "shards").glob("*.h5"):
         with h5py.File(path, "a") as f:
             del f["key_mask"]
+    reindex(copy)  # as an older version would have written them, hashes and all
     assert len(ShardDataset(copy, split="val")) == 22  # a reader of the images alone still works
     with pytest.raises(LrerrError, match=r"val-.*\.h5: has no key_mask — these shards cannot feed a reader "
                                          r"of key_mask; rebuild them with `lrerr-tools shard`"):
         ShardDataset(copy, split="val", fields=("key_mask",))
+
+
+def reindex(shard_dir):
+    """The shard index rewritten to the shards' present sizes and hashes."""
+    manifest = read_manifest(shard_dir)
+    for entry in manifest.extra["shards"]:
+        path = shard_dir / entry["file"]
+        entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+    write_stage(shard_dir, manifest, manifest.extra["shards"])
