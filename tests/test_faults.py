@@ -163,6 +163,35 @@ def test_workers_end_with_a_main_process_killed_by_sigkill(tmp_path):
     assert not any(alive(pid) for pid in workers)
 
 
+def test_ctrl_c_in_a_parallel_extract_exits_130_and_leaves_no_worker(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "root"
+    for i in range(8):
+        write_video(root / "real" / f"v{i}.mp4", clip(24, seed=i))
+    out = tmp_path / "out"
+    # Ctrl-C signals the terminal's whole process group: the workers get SIGINT too.
+    command = ["extract", root, "--dataset", "folder", "--out", out, "--jobs", "2", "--frames", "24"]
+    run_ = subprocess.Popen([sys.executable, "-m", "lrerr_tools", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("work/videos/**/*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-g", str(run_.pid), "-f", "LokyProcess"], capture_output=True,
+                             text=True).stdout.split()
+    os.killpg(run_.pid, signal.SIGINT)
+    _, stderr = run_.communicate(timeout=60)
+    assert run_.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted — rerun the same command to resume"
+    assert workers and not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+    assert not (out / "manifest.json").exists()
+    assert invoke(*command).exit_code == 0
+
+
 @pytest.mark.parametrize("damage", ["truncated", "deleted", "flipped byte"])
 def test_training_refuses_a_damaged_shard_before_it_starts(ffpp_root, tmp_path_factory, tmp_path, damage):
     import shutil
