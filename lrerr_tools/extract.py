@@ -207,12 +207,13 @@ def finalize(out_dir: str | Path) -> Manifest | None:
                  len(listing.videos))
         return None
     records = [r for result in results for r in result["records"]]
+    videos = _per_video(records)
     manifest = Manifest(
-        stage=STAGE, config=ident, parent=None, counts=_counts(results, listing.missing, ident["frames"]),
+        stage=STAGE, config=ident, parent=None, counts=_counts(records, listing.missing, ident["frames"]),
         complete=True, extra={
             "missing_videos": listing.missing,
-            "short_videos": [r["video_id"] for r in results if _short(r, ident["frames"])],
-            "failed_videos": [r["video_id"] for r in results if r["crops"] == 0],
+            "short_videos": [v for v, n in videos.items() if _short(n, ident["frames"])],
+            "failed_videos": [v for v, n in videos.items() if n["crops"] == 0],
         })
     previous = existing_manifest(out_dir)
     if previous is not None and same_output(previous, manifest, records):
@@ -220,25 +221,42 @@ def finalize(out_dir: str | Path) -> Manifest | None:
     return write_stage(out_dir, manifest, records)
 
 
-def _short(result: dict, frames: int | None) -> bool:
+def count_records(records: list[dict], manifest: Manifest) -> dict[str, int]:
+    """The counts that follow from the records, to hold a manifest's counts against."""
+    return _counts(records, manifest.extra["missing_videos"], manifest.config["frames"])
+
+
+def _per_video(records: list[dict]) -> dict[str, dict[str, int]]:
+    """Frames sampled and crops made, per video: every sampled frame has a record, and a video
+    that would not open has one record and no frame."""
+    videos: dict[str, dict[str, int]] = {}
+    for r in records:
+        n = videos.setdefault(r["video_id"], {"requested": 0, "crops": 0})
+        n["requested"] += r["status"] != "unreadable"
+        n["crops"] += r["status"] == "ok"
+    return videos
+
+
+def _short(video: dict, frames: int | None) -> bool:
     """Some crops, but fewer than asked for: fewer than sampled, or a video shorter than
     `--frames` (which samples all of its frames)."""
-    return 0 < result["crops"] < max(result["requested"], frames or 0)
+    return 0 < video["crops"] < max(video["requested"], frames or 0)
 
 
-def _counts(results: list[dict], missing: list[str], frames: int | None) -> dict[str, int]:
-    statuses = [r["status"] for result in results for r in result["records"]]
+def _counts(records: list[dict], missing: list[str], frames: int | None) -> dict[str, int]:
+    videos = _per_video(records).values()
+    statuses = Counter(r["status"] for r in records)
     return {
-        "videos": len(results),
-        "videos_with_crops": sum(r["crops"] > 0 for r in results),
-        "videos_failed": sum(r["crops"] == 0 for r in results),
-        "videos_short": sum(_short(r, frames) for r in results),
+        "videos": len(videos),
+        "videos_with_crops": sum(v["crops"] > 0 for v in videos),
+        "videos_failed": sum(v["crops"] == 0 for v in videos),
+        "videos_short": sum(_short(v, frames) for v in videos),
         "videos_missing": len(missing),
-        "frames_tried": sum(r["requested"] for r in results),
-        "crops": statuses.count("ok"),
-        "no_face": statuses.count("no_face"),
-        "decode_error": statuses.count("decode_error"),
-        "unreadable": statuses.count("unreadable"),
+        "frames_tried": sum(v["requested"] for v in videos),
+        "crops": statuses["ok"],
+        "no_face": statuses["no_face"],
+        "decode_error": statuses["decode_error"],
+        "unreadable": statuses["unreadable"],
     }
 
 

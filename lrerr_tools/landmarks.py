@@ -205,12 +205,9 @@ def _finalize(cfg: LandmarksConfig, parent: StageDir, out: Path, video_ids: list
     inner, inside = key_region.dataset_rect(rects, cfg.coverage)
     rect = key_region.expand_rect(inner, cfg.expand, size, size)
     patches, mask = key_region.rect_to_patches(rect, size, cfg.patch)
-    statuses = Counter(r["status"] for r in records)
     manifest = Manifest(
         stage=STAGE, config=cfg.identity(), parent=parent.as_parent(out), complete=True,
-        counts={"crops_in": len(records), "ok": statuses["ok"],
-                "no_landmarks": statuses["no_landmarks"], "missing_crop": statuses["missing_crop"],
-                "parent_non_ok": parent_non_ok},
+        counts={**_counts(records), "parent_non_ok": parent_non_ok},
         extra={"key_region": {
             "rect": [round(v, 2) for v in rect], "patches": patches, "mask_len": int(mask.size),
             "patch": cfg.patch, "grid": key_region.grid_size(size, cfg.patch),
@@ -225,6 +222,17 @@ def _finalize(cfg: LandmarksConfig, parent: StageDir, out: Path, video_ids: list
     if unchanged:
         return previous  # keep its hash, so later stages stay valid
     return write_stage(out, manifest, records)
+
+
+def count_records(records: list[dict], manifest: Manifest) -> dict[str, int]:
+    """The counts that follow from the records (parent_non_ok follows from the parent's)."""
+    return _counts(records)
+
+
+def _counts(records: list[dict]) -> dict[str, int]:
+    statuses = Counter(r["status"] for r in records)
+    return {"crops_in": len(records), "ok": statuses["ok"], "no_landmarks": statuses["no_landmarks"],
+            "missing_crop": statuses["missing_crop"]}
 
 
 def _write_picture(path: Path, extract_dir: Path, faces: list[dict], rect, mask: np.ndarray,

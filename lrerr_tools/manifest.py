@@ -8,6 +8,7 @@ changed since it was written. The JSON Schemas in `manifests/` define both files
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,10 @@ from lrerr_tools.errors import LrerrError
 
 MANIFEST_FILE = "manifest.json"
 RECORDS_FILE = "records.jsonl"
+# The stage modules whose counts follow from their records: each has
+# `count_records(records, manifest) -> dict`. Imported when needed, as they import this one.
+COUNTED_STAGES = {"extract": "lrerr_tools.extract", "landmarks": "lrerr_tools.landmarks",
+                  "shard": "lrerr_tools.shard", "score": "lrerr_tools.score"}
 
 
 @dataclass
@@ -141,7 +146,21 @@ def open_parent(stage_dir: str | Path, stage: str) -> StageDir:
     records = stage_dir / RECORDS_FILE
     if not records.is_file() or sha256_file(records) != manifest.records_sha256:
         raise LrerrError(f"{records}: changed or missing since its manifest was written")
+    wrong = miscounted(manifest, list(iter_records(stage_dir)))
+    if wrong:
+        raise LrerrError(f"{stage_dir / MANIFEST_FILE}: {wrong[0]} — the manifest was edited by hand; "
+                         f"rerun `lrerr-tools {stage}` with --overwrite to rebuild it")
     return StageDir(stage_dir, manifest, content_sha256(manifest))
+
+
+def miscounted(manifest: Manifest, records: list[dict]) -> list[str]:
+    """The manifest's counts that its records contradict, one line each: the records are held
+    to their hash, but nothing else would catch a count edited by hand."""
+    if manifest.stage not in COUNTED_STAGES:
+        return []
+    derived = importlib.import_module(COUNTED_STAGES[manifest.stage]).count_records(records, manifest)
+    return [f"counts.{key} is {manifest.counts.get(key)}, but the records hold {value}"
+            for key, value in derived.items() if manifest.counts.get(key) != value]
 
 
 def check_parent_unchanged(stage_dir: str | Path, manifest: Manifest) -> None:

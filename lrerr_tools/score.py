@@ -138,19 +138,27 @@ def run(cfg: ScoreConfig) -> Manifest:
     elif method.figure_title:
         attention = "none: --overlays 0"
 
-    labels = np.array([r["label"] for r in rows])
-    video_labels = np.array([v["label"] for v in videos])
-    counts = {"frames": len(rows), "frames_real": int((labels == 0).sum()), "frames_fake": int(labels.sum()),
-              "videos": len(videos), "videos_real": int((video_labels == 0).sum()),
-              "videos_fake": int(video_labels.sum())}
     summary = {level: {k: metrics[level][k] for k in ("auc", "acc", "ap", "eer")} for level in LEVELS}
     parents = {name: d.as_parent(out) for name, d in loaded.parents.items()}  # re-based to OUT
     manifest = Manifest(stage=STAGE, config=identity,
-                        parent=shards.as_parent(out), counts=counts, complete=True,
+                        parent=shards.as_parent(out), counts=_counts(rows), complete=True,
                         extra={"detector": detector_run.as_parent(out), "method": method.name,
                                "parents": parents, "run": metrics["run"], "metrics": summary,
                                "attention": attention})
     return write_stage(out, manifest, ({**r, "split": cfg.split} for r in rows))
+
+
+def count_records(records: list[dict], manifest: Manifest) -> dict[str, int]:
+    """The counts that follow from the records."""
+    return _counts(records)
+
+
+def _counts(rows: list[dict]) -> dict[str, int]:
+    labels = np.array([r["label"] for r in rows])
+    video_labels = np.array([v["label"] for v in video_rows(rows)])
+    return {"frames": len(rows), "frames_real": int((labels == 0).sum()), "frames_fake": int(labels.sum()),
+            "videos": len(video_labels), "videos_real": int((video_labels == 0).sum()),
+            "videos_fake": int(video_labels.sum())}
 
 
 def describe(out: str | Path, manifest: Manifest) -> list[str]:

@@ -341,14 +341,23 @@ def _done_entry(out: Path, job: ShardJob) -> dict | None:
     return entry
 
 
+def count_records(records: list[dict], manifest: Manifest) -> dict[str, int]:
+    """The counts that follow from the shard index (the skipped ones follow from the parent's)."""
+    return _shard_counts(records)
+
+
 def _counts(entries: list[dict], skipped: Counter) -> dict[str, int]:
-    counts = {"faces": sum(e["count"] for e in entries), "shards": len(entries),
-              "skipped": sum(skipped.values())}
+    counts = {**_shard_counts(entries), "skipped": sum(skipped.values())}
+    for status, n in sorted(skipped.items()):
+        counts[f"skipped_{status}"] = n
+    return counts
+
+
+def _shard_counts(entries: list[dict]) -> dict[str, int]:
+    counts = {"faces": sum(e["count"] for e in entries), "shards": len(entries)}
     splits = ["train", "val", "test"] + sorted({e["split"] for e in entries} - {"train", "val", "test"})
     for split in splits:
         counts[f"faces_{split}"] = sum(e["count"] for e in entries if e["split"] == split)
     for split in splits:
         counts[f"shards_{split}"] = sum(e["split"] == split for e in entries)
-    for status, n in sorted(skipped.items()):
-        counts[f"skipped_{status}"] = n
     return counts

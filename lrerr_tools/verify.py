@@ -33,6 +33,7 @@ from lrerr_tools.manifest import (
     Manifest,
     check_parent_unchanged,
     linked_dir,
+    miscounted,
     read_manifest,
     schema,
 )
@@ -76,6 +77,9 @@ def verify(stage_dir: str | Path, deep: bool = False) -> list[str]:
     if not manifest.complete:
         problems.add(f"{stage_dir}: the '{manifest.stage}' stage has not completed (complete: false)")
     records = _check_records(stage_dir, manifest, problems)
+    if records is not None:
+        for line in _miscounted(manifest, records):
+            problems.add(f"{stage_dir / MANIFEST_FILE}: {line}", kind="count")
     try:
         check_parent_unchanged(stage_dir, manifest)
     except LrerrError as e:
@@ -123,6 +127,13 @@ def _check_records(stage_dir: Path, manifest: Manifest, problems: Problems) -> l
                              f"{error.message}", kind="invalid record")
         records.append(record)
     return records
+
+
+def _miscounted(manifest: Manifest, records: list[dict]) -> list[str]:
+    try:
+        return miscounted(manifest, records)
+    except (KeyError, TypeError, ValueError) as e:  # records or extra too damaged to count
+        return [f"counts cannot be checked against the records ({type(e).__name__}: {e})"]
 
 
 def _parse_lines(path: Path, problems: Problems) -> Iterator[tuple[int, dict]]:

@@ -215,12 +215,21 @@ def test_an_extract_changed_after_the_landmarks_is_refused(extract_copy, tmp_pat
     out = tmp_path / "lm"
     run(LandmarksConfig(extract_dir=str(extract_copy), out=str(out)))
     manifest = json.loads((extract_copy / "manifest.json").read_text())
-    manifest["counts"]["crops"] -= 1
+    manifest["config"]["margin"] = 0.3  # as if extracted again with another margin
     (extract_copy / "manifest.json").write_text(json.dumps(manifest))
     result = CliRunner().invoke(app, ["landmarks", str(extract_copy), "--out", str(out)])
     _one_error_line(result, "changed since", "--overwrite")
     result = CliRunner().invoke(app, ["landmarks", str(extract_copy), "--out", str(out), "--overwrite"])
     assert result.exit_code == 0, result.output
+
+
+def test_an_extract_whose_counts_were_edited_by_hand_is_refused(extract_copy, tmp_path):
+    manifest = json.loads((extract_copy / "manifest.json").read_text())
+    manifest["counts"]["crops"] = 999
+    (extract_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(app, ["landmarks", str(extract_copy), "--out", str(tmp_path / "lm")])
+    _one_error_line(result, "counts.crops is 999, but the records hold 72", "edited by hand")
+    assert not (tmp_path / "lm").exists()
 
 
 def test_an_extract_whose_records_changed_is_refused(extract_copy, tmp_path):

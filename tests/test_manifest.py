@@ -1,9 +1,11 @@
 import json
+from importlib import import_module
 
 import pytest
 
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import (
+    COUNTED_STAGES,
     Manifest,
     check_parent_unchanged,
     open_parent,
@@ -13,9 +15,11 @@ from lrerr_tools.manifest import (
 
 
 def _write(path, complete=True, stage="extract", parent=None):
-    manifest = Manifest(stage=stage, config={"a": 1}, parent=parent, counts={"crops": 2},
-                        complete=complete)
-    return write_stage(path, manifest, [{"status": "ok", "i": 0}, {"status": "ok", "i": 1}])
+    records = [{"status": "ok", "video_id": "v", "i": 0}, {"status": "ok", "video_id": "v", "i": 1}]
+    manifest = Manifest(stage=stage, config={"frames": 2}, parent=parent, counts={}, complete=complete,
+                        extra={"missing_videos": []})
+    manifest.counts = import_module(COUNTED_STAGES[stage]).count_records(records, manifest)
+    return write_stage(path, manifest, records)
 
 
 def test_round_trip(tmp_path):

@@ -1,7 +1,6 @@
 import json
 import shutil
 import zlib
-from collections import Counter
 
 import cv2
 import h5py
@@ -14,6 +13,7 @@ import lrerr_tools.shard as shard_module
 from lrerr_tools.cli import app
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.extract import run as run_extract
+from lrerr_tools.landmarks import count_records as landmark_counts
 from lrerr_tools.manifest import Manifest, open_parent, read_manifest, schema, write_stage
 from lrerr_tools.shard import ShardConfig, run
 
@@ -61,10 +61,9 @@ def make_landmarks_dir(extract_dir, out, status_of=None):
         patches = sorted(int(row * 14 + col) for row in range(y0, y1 + 1) for col in range(x0, x1 + 1))
         union.update(patches)
         records.append({**r, "landmarks": points.tolist(), "key_patches": patches})
-    statuses = Counter(r["status"] for r in records)
     manifest = Manifest(
         stage="landmarks", config={"extract_dir": str(extract_dir), "made_by": "test"},
-        parent=parent.as_parent(out), counts=dict(statuses), complete=True,
+        parent=parent.as_parent(out), counts=landmark_counts(records, None), complete=True,
         extra={"key_region": {**KEY_REGION, "patches": sorted(union), "mask_len": 196}})
     write_stage(out, manifest, records)
     return out

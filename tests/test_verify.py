@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from lrerr_tools.cli import app
 from lrerr_tools.manifest import read_manifest, write_stage
+from lrerr_tools.shard import count_records as shard_counts
 from lrerr_tools.verify import verify
 
 
@@ -57,7 +58,7 @@ def test_a_shard_that_disagrees_with_its_index_is_caught(shards_copy):
     entries = [dict(e) for e in manifest.extra["shards"]]
     entries[0]["count"] += 1
     entries[0]["n_fake"] += 1
-    counts = {**manifest.counts, "faces": manifest.counts["faces"] + 1}
+    counts = {**manifest.counts, **shard_counts(entries, manifest)}
     manifest = dataclasses.replace(manifest, counts=counts, extra={**manifest.extra, "shards": entries})
     write_stage(shards_copy, manifest, entries)  # a consistent, re-hashed index that lies
     problems = verify(shards_copy)
@@ -128,3 +129,14 @@ def test_cli_exit_codes(ffpp_root, tmp_path_factory, tmp_path):
     result = runner.invoke(app, ["verify", str(tmp_path)])
     assert result.exit_code == 1
     assert "no manifest.json" in result.output
+
+
+@pytest.mark.parametrize("stage, key", [("extract", "crops"), ("shard", "faces_train")])
+def test_counts_edited_by_hand_are_caught(extract_copy, shards_copy, stage, key):
+    stage_dir = {"extract": extract_copy, "shard": shards_copy}[stage]
+    path = stage_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    true_count = manifest["counts"][key]
+    manifest["counts"][key] = 999
+    path.write_text(json.dumps(manifest))
+    assert verify(stage_dir) == [f"{path}: counts.{key} is 999, but the records hold {true_count}"]
