@@ -13,6 +13,7 @@ and resumes to the same output as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -298,10 +299,10 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
             previous = face
             crop, matrix = align_face(frame.image, face.kps, cfg.crop_size, cfg.margin)
             name = f"{frame.index:06d}.{cfg.image_format}"
-            _write_image(partial_dir / name, crop, cfg)
+            digest = _write_image(partial_dir / name, crop, cfg)
             records.append({
                 **where, "status": "ok", "crop": f"{CROPS_DIR}/{video.video_id}/{name}",
-                "score": round(face.score, 5), "box": _rounded(face.box),
+                "crop_sha256": digest, "score": round(face.score, 5), "box": _rounded(face.box),
                 "kps": _rounded(face.kps), "matrix": _rounded(matrix, 6),
                 "n_faces": len(faces), "face_choice": cfg.face,
             })
@@ -337,16 +338,19 @@ def _detector(name, weights, threshold, max_side, threads, device):
                          threads=threads, device=device)
 
 
-def _write_image(path: Path, rgb: np.ndarray, cfg: ExtractConfig) -> None:
-    """Encode with OpenCV, write with Python: cv2.imwrite only returns False on a full disk or
-    a read-only folder, where a plain write raises the OSError that says which and names the
-    file (the crop folder is renamed into place only once whole)."""
+def _write_image(path: Path, rgb: np.ndarray, cfg: ExtractConfig) -> str:
+    """Encode with OpenCV, write with Python, and return the file's sha256 (its record keeps
+    it, so a crop swapped for another face later is caught). cv2.imwrite only returns False on
+    a full disk or a read-only folder, where a plain write raises the OSError that says which
+    and names the file (the crop folder is renamed into place only once whole)."""
     params = [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality] if cfg.image_format == "jpg" else []
     ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError(f"OpenCV cannot encode a {rgb.shape} crop as {path.suffix}")
+    data = encoded.tobytes()
     with named_errors(path):
-        path.write_bytes(encoded.tobytes())
+        path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _rounded(a: np.ndarray, digits: int = 2) -> list:

@@ -27,6 +27,7 @@ image_size, patch, grid, key_region_rect and dataset_key_patches (the dataset-wi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -172,6 +173,7 @@ def plan(records: Iterable[dict], shard_size: int, grid: int = 14) -> tuple[list
         if lacking:
             raise LrerrError(f"{r.get('video_id')} frame {r.get('frame_index')}: an ok landmarks record "
                              f"without {', '.join(lacking)}")
+        face["crop_sha256"] = r.get("crop_sha256")  # absent in extracts that predate it
         face["landmarks"] = _landmarks(r)
         face["key_patches"] = _key_patches(r, grid)
         faces.append(face)
@@ -221,7 +223,7 @@ def _write_h5(path: Path, job: ShardJob, ctx: dict) -> dict:
         else:
             images = f.create_dataset("images", (n,), h5py.vlen_dtype(np.uint8))
         for i, r in enumerate(job.records):
-            images[i] = _load_crop(extract_dir / r["crop"], ctx)
+            images[i] = _load_crop(extract_dir / r["crop"], r.get("crop_sha256"), ctx)
         f.create_dataset("landmarks", data=landmarks)
         f.create_dataset("key_mask", data=key_mask)
         f.create_dataset("label", data=labels)
@@ -250,14 +252,19 @@ def _write_h5(path: Path, job: ShardJob, ctx: dict) -> dict:
     }
 
 
-def _load_crop(path: Path, ctx: dict) -> np.ndarray:
+def _load_crop(path: Path, sha256: str | None, ctx: dict) -> np.ndarray:
     """One crop as the codec stores it: RGB pixels for raw, else encoded bytes. A PNG crop is
-    kept byte for byte under --codec png (decoded only to check it)."""
+    kept byte for byte under --codec png (decoded only to check it). A crop whose bytes are not
+    those extract recorded (`sha256`; None in extracts that predate it) is refused: a valid
+    face swapped in, a fake packed as real, would otherwise go unnoticed."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise LrerrError(f"{path}: crop missing — the extract directory changed after the landmarks "
                          f"stage; `lrerr-tools verify {ctx['extract_dir']}` lists what else is") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise LrerrError(f"{path}: not the crop extract wrote (sha256 differs from its record) — "
+                         f"`lrerr-tools verify --deep {ctx['extract_dir']}` lists every changed crop")
     buf = np.frombuffer(data, np.uint8)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     size = ctx["size"]

@@ -5,7 +5,7 @@ hash in the manifest and each record against `manifests/<stage>-record.schema.js
 there is one), the complete flag and the parent's hash. Then, by stage:
 
 - extract, landmarks: every `ok` record's crop exists; a sample of them (all with `deep`)
-  decodes to an image of the crop size.
+  has the sha256 its record holds and decodes to an image of the crop size.
 - shard: every shard's sha256 and size against the index, and that it opens as HDF5 with
   the datasets, shapes, counts and attributes the index and manifest promise; the first and
   last image of each shard decode (all with `deep`).
@@ -15,6 +15,7 @@ there is one), the complete flag and the parent's hash. Then, by stage:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from importlib.resources import files
@@ -179,12 +180,16 @@ def _check_crops(stage_dir: Path, manifest: Manifest, records: list[dict], deep:
         present = [present[i] for i in sorted(rng.choice(len(present), CROP_SAMPLE, replace=False))]
     for r in present:
         path = base / r["crop"]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        data = path.read_bytes()
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             problems.add(f"{path}: not a readable image", kind="unreadable crop")
         elif size is not None and image.shape[:2] != (size, size):
             problems.add(f"{path}: is {image.shape[1]}x{image.shape[0]}, expected {size}x{size}",
                          kind="crop size")
+        elif r.get("crop_sha256") not in (None, hashlib.sha256(data).hexdigest()):
+            problems.add(f"{path}: a valid image, but not the crop extract wrote (sha256 differs from "
+                         f"record {_where(r)})", kind="changed crop")
 
 
 def _where(record: dict) -> str:

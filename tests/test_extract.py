@@ -107,7 +107,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(
         calls["n"] += 1
         if calls["n"] == 30:  # in the middle of the 8th video
             raise KeyboardInterrupt
-        real_write(*args)
+        return real_write(*args)
 
     monkeypatch.setattr(extract_module, "_write_image", interrupted_write)
     with pytest.raises(KeyboardInterrupt):

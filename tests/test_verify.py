@@ -7,6 +7,7 @@ from test_shard import make_landmarks_dir, shared_extract_dir, shared_landmarks_
 from typer.testing import CliRunner
 
 from lrerr_tools.cli import app
+from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import read_manifest, write_stage
 from lrerr_tools.shard import count_records as shard_counts
 from lrerr_tools.verify import verify
@@ -140,3 +141,19 @@ def test_counts_edited_by_hand_are_caught(extract_copy, shards_copy, stage, key)
     manifest["counts"][key] = 999
     path.write_text(json.dumps(manifest))
     assert verify(stage_dir) == [f"{path}: counts.{key} is 999, but the records hold {true_count}"]
+
+
+def test_a_crop_swapped_for_another_face_is_caught_by_verify_deep_and_by_shard(extract_copy, tmp_path):
+    from lrerr_tools.shard import ShardConfig
+    from lrerr_tools.shard import run as shard
+
+    landmarks = make_landmarks_dir(extract_copy, tmp_path / "lm")
+    real = extract_copy / "crops" / "youtube" / "000" / "000004.png"
+    fake = extract_copy / "crops" / "Deepfakes" / "000_001" / "000004.png"
+    real.write_bytes(fake.read_bytes())  # a fake packed as real
+    for directory in (extract_copy, landmarks):
+        assert verify(directory, deep=True) == [f"{real}: a valid image, but not the crop extract wrote "
+                                                "(sha256 differs from record youtube/000 frame 4)"]
+    refusal = rf"{real}: not the crop extract wrote \(sha256 differs from its record\)"
+    with pytest.raises(LrerrError, match=refusal):
+        shard(ShardConfig(landmarks=str(landmarks), out=str(tmp_path / "shards")))
