@@ -58,6 +58,8 @@ IMAGE_FORMATS = ("png", "jpg")
 CPU_BATCH = 2
 CROPS_DIR = "crops"
 PATCH_SIZE, MIN_CROP = 16, 32  # landmarks' default --patch (the MAE's), and two patches a side
+# What labels a video's records but decides none of its crops: a changed list relabels them.
+RELABEL = {"splits": "the split lists' location", "splits_sha256": "the split lists"}
 
 
 @dataclass
@@ -168,7 +170,8 @@ def run(cfg: ExtractConfig) -> Manifest | None:
         log.warning("named in the split lists but not on disk: %s", name)
     out = Path(cfg.out)
     with exclusive_run(out, STAGE, cfg.part):
-        prepare_output(out, STAGE, cfg.identity(), cfg.overwrite, outputs=(CROPS_DIR,))
+        prepare_output(out, STAGE, {**cfg.identity(), "splits_sha256": listing.splits_sha256()},
+                       cfg.overwrite, outputs=(CROPS_DIR,), relabel=RELABEL)
         mine = part_videos(listing.videos, cfg.part)
         todo = [v for v in mine if not result_path(out, v.video_id).is_file()]
         if len(todo) < len(mine):
@@ -196,18 +199,20 @@ def finalize(out_dir: str | Path) -> Manifest | None:
     out_dir = Path(out_dir)
     ident = _read_config(out_dir)
     listing = _list(ident)
-    results, pending = [], []
+    if listing.splits_sha256() != ident.get("splits_sha256"):
+        raise LrerrError(f"{out_dir}: the split lists changed since this extract began — rerun `extract` "
+                         "with --overwrite to relabel its records (no crop is extracted again)")
+    records, pending = [], []
     for video in listing.videos:
         path = result_path(out_dir, video.video_id)
         if path.is_file():
-            results.append(json.loads(path.read_text()))
+            records += _relabelled(json.loads(path.read_text())["records"], video, ident["root"])
         else:
             pending.append(video.video_id)
     if pending:
         log.info("%d of %d videos are not extracted yet (other parts?)", len(pending),
                  len(listing.videos))
         return None
-    records = [r for result in results for r in result["records"]]
     videos = _per_video(records)
     manifest = Manifest(
         stage=STAGE, config=ident, parent=None, counts=_counts(records, listing.missing, ident["frames"]),
@@ -220,6 +225,16 @@ def finalize(out_dir: str | Path) -> Manifest | None:
     if previous is not None and same_output(previous, manifest, records):
         return previous  # unchanged: keep its hash, so later stages stay valid
     return write_stage(out_dir, manifest, records)
+
+
+def _relabelled(records: list[dict], video: VideoRecord, root: str) -> list[dict]:
+    """A video's records with its split and label as the lists say now, whatever they said
+    when its crops were made."""
+    return [{**r, **_video_fields(video, root)} for r in records]
+
+
+def _video_fields(video: VideoRecord, root: str) -> dict:
+    return {**video.to_dict(), "path": _relative(video.path, root)}
 
 
 def count_records(records: list[dict], manifest: Manifest) -> dict[str, int]:
@@ -263,8 +278,7 @@ def _counts(records: list[dict], missing: list[str], frames: int | None) -> dict
 
 def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
     """Do one video end to end and mark it done; return its id."""
-    base = video.to_dict()
-    base["path"] = _relative(video.path, cfg.root)
+    base = _video_fields(video, cfg.root)
     try:
         reader = VideoReader(video.path, cfg.backend, threads=threads_per_job(cfg.jobs))
     except VideoOpenError as e:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lrerr_tools.atomic_io import TEMP_NAME_EXTRA, create_json_once, jsonl_bytes
+from lrerr_tools.atomic_io import TEMP_NAME_EXTRA, atomic_write_json, create_json_once, jsonl_bytes
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import MANIFEST_FILE, RECORDS_FILE, Manifest, read_manifest
 
@@ -99,11 +99,14 @@ def exclusive_run(out: Path, stage: str, part: str = "1/1") -> Iterator[None]:
 
 
 def prepare_output(out: Path, stage: str, identity: dict, overwrite: bool,
-                   outputs: Iterable[str] = ()) -> None:
+                   outputs: Iterable[str] = (), relabel: dict[str, str] | None = None) -> None:
     """Claim `out` for the config `identity`, refusing a different one unless `overwrite`.
 
     With `overwrite`, an earlier output of this stage is cleared first: work/, manifest.json,
-    records.jsonl and the stage's own `outputs` (files or folders, relative to `out`).
+    records.jsonl and the stage's own `outputs` (files or folders, relative to `out`). When
+    the config differs only in `relabel` keys (what labels the records but decides none of
+    the work; each mapped to the words that name it), `overwrite` keeps the work and just
+    records the new config.
     """
     out = Path(out)
     config_path = out / WORK_DIR / CONFIG_FILE
@@ -113,6 +116,12 @@ def prepare_output(out: Path, stage: str, identity: dict, overwrite: bool,
     if out.is_dir() and _holds_more_than_locks(out) and not ours:
         article = "an" if stage[:1] in "aeiou" else "a"
         raise LrerrError(f"--out {out}: not empty and not {article} {stage} output — choose another")
+    wanted = json.loads(json.dumps(identity))
+    relabel = relabel or {}
+    changed = _changed(json.loads(config_path.read_text()), wanted) if ours else []
+    if ours and overwrite and changed and set(changed) <= set(relabel):
+        atomic_write_json(config_path, wanted)
+        return
     if ours and overwrite:
         for name in (WORK_DIR, MANIFEST_FILE, RECORDS_FILE, *outputs):
             path = out / name
@@ -120,15 +129,21 @@ def prepare_output(out: Path, stage: str, identity: dict, overwrite: bool,
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-    wanted = json.loads(json.dumps(identity))
-    stored = create_json_once(config_path, wanted)
-    # An option added since `out` was made matches its config while the option is unset (None).
-    changed = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
+    changed = _changed(create_json_once(config_path, wanted), wanted)
+    if changed and set(changed) <= set(relabel):
+        what = " and ".join(dict.fromkeys(relabel[k] for k in changed))
+        raise LrerrError(f"--out {out}: {what} changed since it was made — pass --overwrite to relabel "
+                         "its records (nothing is computed again), or choose another --out")
     if changed:
         raise LrerrError(
             f"--out {out}: was made with another config (differs in {', '.join(changed)}) "
             "— pass --overwrite to start again, or choose another --out"
         )
+
+
+def _changed(stored: dict, wanted: dict) -> list[str]:
+    # An option added since `out` was made matches its config while the option is unset (None).
+    return sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
 
 
 def existing_manifest(out_dir: Path) -> Manifest | None:

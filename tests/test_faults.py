@@ -382,3 +382,33 @@ def test_a_disk_that_fills_during_shard_is_one_line_naming_the_shard(ffpp_root, 
     assert error.startswith(f"error: cannot write {out}/shards/")
     assert ".h5: No space left on device (" in error
     assert not list(out.glob("shards/.*.tmp"))  # no half-written shard left behind
+
+
+def test_a_split_list_edited_after_extract_is_refused_then_relabelled_without_extracting(
+        extract_config, ffpp_root, tmp_path, monkeypatch):
+    import shutil
+
+    from lrerr_tools import extract as extract_module
+
+    splits = tmp_path / "splits"
+    shutil.copytree(ffpp_root / "splits", splits)
+    cfg = extract_config(splits=str(splits))
+    run(cfg)
+    train, test = (splits / "train.json").read_text(), (splits / "test.json").read_text()
+    (splits / "train.json").write_text(test)
+    (splits / "test.json").write_text(train)
+    with pytest.raises(LrerrError, match=r"the split lists changed since it was made — pass --overwrite to "
+                                         r"relabel its records \(nothing is computed again\)"):
+        run(cfg)
+
+    def no_extracting(*args):
+        raise AssertionError("a crop was extracted again")
+
+    monkeypatch.setattr(extract_module, "_write_image", no_extracting)
+    relabelled = run(extract_config(splits=str(splits), overwrite=True))
+    monkeypatch.undo()
+    fresh = run(extract_config(splits=str(splits), out=str(tmp_path / "fresh")))
+    assert relabelled.records_sha256 == fresh.records_sha256
+    assert relabelled.config == fresh.config
+    records = [json.loads(line) for line in (tmp_path / "extract" / "records.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records if r["video_id"] == "youtube/000"} == {"test"}  # was train

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lrerr_tools.atomic_io import sha256_file
 from lrerr_tools.errors import LrerrError
 
 log = logging.getLogger(__name__)
@@ -36,15 +38,27 @@ class VideoRecord:
 
 @dataclass
 class DatasetListing:
-    """Videos found on disk, plus split-list entries that are not there."""
+    """Videos found on disk, plus split-list entries that are not there, and the split-list
+    files their splits (and, for a CSV, labels) were read from."""
 
     videos: list[VideoRecord]
     missing: list[str]
+    split_files: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Sorted here so every adapter lists deterministically without having to remember to.
         self.videos = sorted(self.videos, key=lambda video: video.video_id)
         self.missing = sorted(set(self.missing))
+
+    def splits_sha256(self) -> str | None:
+        """One hash of the split lists' names and contents (None when none was read), so a
+        list edited after an extract is noticed; moving the lists elsewhere changes nothing."""
+        if not self.split_files:
+            return None
+        digest = hashlib.sha256()
+        for path in sorted(self.split_files, key=lambda p: p.name):
+            digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+        return digest.hexdigest()
 
 
 def list_video_files(directory: Path, *, recursive: bool = False) -> list[Path]:

@@ -20,7 +20,8 @@ def list_celebdf(
     splits: str | Path | None = None,
 ) -> DatasetListing:
     """List Celeb-DF videos: those in the test list are "test", the rest "train"."""
-    test_ids = _read_test_list(Path(splits) if splits is not None else root / TEST_LIST)
+    test_list = Path(splits) if splits is not None else root / TEST_LIST
+    test_ids = _read_test_list(test_list)
     videos = []
     for folder, label in FOLDER_LABELS.items():
         for path in list_video_files(root / folder):
@@ -36,7 +37,7 @@ def list_celebdf(
                     dataset="celebdf",
                 )
             )
-    return DatasetListing(videos, list(test_ids - {video.video_id for video in videos}))
+    return DatasetListing(videos, list(test_ids - {video.video_id for video in videos}), [test_list])
 
 
 def _read_test_list(path: Path) -> set[str]:

@@ -85,7 +85,8 @@ def list_ffpp(
         for path in sequence_videos(root / group / method, comp)
     ]
     expected = {f"{method}/{stem}" for _, method, _, split_of in sources for stem in split_of}
-    return DatasetListing(videos, list(expected - {video.video_id for video in videos}))
+    split_files = [Path(splits) / f"{split}.json" for split in SPLITS] if splits is not None else []
+    return DatasetListing(videos, list(expected - {video.video_id for video in videos}), split_files)
 
 
 def _select_methods(manipulated_dir: Path, methods: list[str] | None) -> list[str]:

@@ -91,4 +91,4 @@ def _from_csv(root: Path, csv_path: Path) -> DatasetListing:
             videos.append(_record(root, path, int(label), split))
         else:
             missing.append(path.relative_to(root).with_suffix("").as_posix())
-    return DatasetListing(videos, missing)
+    return DatasetListing(videos, missing, [csv_path])
