@@ -30,7 +30,7 @@ import numpy as np
 
 from lrerr_tools.alignment import align_face
 from lrerr_tools.atomic_io import atomic_write_json, named_errors
-from lrerr_tools.datasets import ADAPTERS, VideoRecord, list_videos
+from lrerr_tools.datasets import ADAPTERS, DatasetListing, VideoRecord, list_videos
 from lrerr_tools.datasets.base import SPLITS, UNASSIGNED
 from lrerr_tools.detection import DETECTORS, Face, check_detector, make_detector
 from lrerr_tools.errors import LrerrError
@@ -168,6 +168,7 @@ def run(cfg: ExtractConfig) -> Manifest | None:
     listing = _list(cfg.identity())
     for name in listing.missing:
         log.warning("named in the split lists but not on disk: %s", name)
+    _warn_counts(listing)
     out = Path(cfg.out)
     with exclusive_run(out, STAGE, cfg.part):
         prepare_output(out, STAGE, {**cfg.identity(), "splits_sha256": listing.splits_sha256()},
@@ -187,6 +188,7 @@ def survey(cfg: ExtractConfig) -> dict[str, int]:
     split lists, leaks) are checked as `run` checks them, and nothing is written."""
     cfg.validate()
     listing = _list(cfg.identity())
+    _warn_counts(listing)
     mine = part_videos(listing.videos, cfg.part)
     groups = Counter(f"{v.split}_{'fake' if v.label else 'real'}" for v in mine)
     return {"videos": len(mine), **dict(sorted(groups.items())), "videos_missing": len(listing.missing)}
@@ -392,6 +394,12 @@ def _list(ident: dict):
         raise LrerrError(f"--keep-splits {','.join(keep)}: no such videos under {ident['root']} (it has "
                          + ", ".join(f"{n} {split}" for split, n in sorted(found.items())) + ")")
     return replace(listing, videos=videos)
+
+
+def _warn_counts(listing: DatasetListing) -> None:
+    # A warning, not an error: extracting a subset is often meant (--methods, a test list).
+    for line in listing.count_warnings:
+        log.warning("%s", line)
 
 
 def _read_config(out_dir: Path) -> dict:

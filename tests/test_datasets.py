@@ -344,6 +344,69 @@ def test_folder_csv_same_file_in_two_splits_is_a_leak(tmp_path):
         list_videos("folder", tmp_path, splits=csv_path)
 
 
+# --- official counts ---------------------------------------------------------------------
+
+
+def test_short_ffpp_root_gets_one_line_per_group_short_of_the_official_release(tmp_path):
+    listing = list_videos("ffpp", make_ffpp(tmp_path))
+
+    # No --methods: every official method is expected, so absent folders are named too.
+    assert listing.count_warnings == [
+        "ffpp youtube c23: 5 of the official 1,000 videos",
+        "ffpp Deepfakes c23: 4 of the official 1,000 videos",
+        "ffpp Face2Face c23: 0 of the official 1,000 videos",
+        "ffpp FaceSwap c23: 4 of the official 1,000 videos",
+        "ffpp NeuralTextures c23: 0 of the official 1,000 videos",
+        "ffpp FaceShifter c23: 0 of the official 1,000 videos",
+    ]
+
+
+def test_methods_left_out_on_purpose_are_not_reported_absent(tmp_path):
+    listing = list_videos("ffpp", make_ffpp(tmp_path, comp="c40"), compression="c40",
+                          methods=["FaceSwap"])
+
+    assert listing.count_warnings == ["ffpp youtube c40: 5 of the official 1,000 videos",
+                                      "ffpp FaceSwap c40: 4 of the official 1,000 videos"]
+
+
+def test_full_ffpp_groups_are_quiet_and_extra_or_missing_videos_are_named(tmp_path):
+    sizes = {"youtube": 1000, "Deepfakes": 1003, "Face2Face": 1000, "FaceSwap": 997,
+             "NeuralTextures": 1000, "FaceShifter": 1000}
+    for method, n in sizes.items():
+        group = "original_sequences" if method == "youtube" else "manipulated_sequences"
+        folder = tmp_path / group / method / "raw" / "videos"
+        folder.mkdir(parents=True)
+        for k in range(n):
+            (folder / f"{k:04d}.mp4").write_bytes(b"")
+
+    listing = list_videos("ffpp", tmp_path, compression="raw")
+
+    assert listing.count_warnings == [
+        "ffpp Deepfakes c0: 1,003 videos, 3 more than the official 1,000",
+        "ffpp FaceSwap c0: 997 of the official 1,000 videos",
+    ]
+
+
+def test_celebdf_folders_and_test_list_are_compared_with_the_official_release(tmp_path):
+    listing = list_videos("celebdf", make_celebdf(tmp_path))
+
+    assert listing.count_warnings == [
+        "celebdf Celeb-real: 2 of the official 590 videos",
+        "celebdf YouTube-real: 1 of the official 300 videos",
+        "celebdf Celeb-synthesis: 2 of the official 5,639 videos",
+        "celebdf test: 3 of the official 518 videos",  # the fourth listed is not on disk
+    ]
+
+
+def test_dfd_is_compared_and_a_users_folder_has_no_official_counts(tmp_path):
+    assert list_videos("dfd", make_ffpp(tmp_path)).count_warnings == [
+        "dfd actors c23: 1 of the official 363 videos",
+        "dfd DeepFakeDetection c23: 1 of the official 3,068 videos",
+    ]
+    touch(tmp_path / "mine", "real/a.mp4", "fake/b.mp4")
+    assert list_videos("folder", tmp_path / "mine").count_warnings == []
+
+
 # --- every adapter ----------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from lrerr_tools.cli import app
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.extract import ExtractConfig, run
+from lrerr_tools.extract import ExtractConfig, run, survey
 from lrerr_tools.synth import astronaut_rgb, camera_clip, make_ffpp_sample, write_video
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "manifests"
@@ -307,6 +307,34 @@ def test_ffpp_videos_missing_on_disk_are_reported_and_the_run_completes(tmp_path
     assert sorted(videos) == ["Deepfakes/000_001", "youtube/000", "youtube/001"]
     assert all(statuses(records) == ["ok", "ok"] for records in videos.values())
     assert all(name in caplog.text for name in missing)
+
+
+# --- a root that differs from the official release ------------------------------------------
+
+
+def test_counts_short_of_the_official_release_are_warned_before_keep_splits_and_extract_runs(
+        tmp_path, caplog):
+    root = make_ffpp_sample(tmp_path / "ffpp", n_pairs=3, methods=("FaceSwap",), dfd_videos=0,
+                            n_frames=6, size=SIZE, seed=0)
+    cfg = ExtractConfig(root=str(root), dataset="ffpp", out=str(tmp_path / "extract"),
+                        splits=str(root / "splits"), methods=["FaceSwap"], keep_splits=["test"],
+                        frames=2)
+    # The whole root is compared, not the test videos --keep-splits narrows it to; the methods
+    # --methods leaves out are not reported absent.
+    expected = ["ffpp youtube c23: 6 of the official 1,000 videos",
+                "ffpp FaceSwap c23: 6 of the official 1,000 videos"]
+
+    with caplog.at_level("WARNING"):
+        survey(cfg)
+    assert caplog.messages == expected
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        manifest = run(cfg)
+
+    assert caplog.messages == expected
+    assert manifest is not None and manifest.complete
+    assert sorted(by_video(read_records(tmp_path / "extract"))) == [
+        "FaceSwap/004_005", "FaceSwap/005_004", "youtube/004", "youtube/005"]
 
 
 # --- the dataset root and arguments ----------------------------------------------------------

@@ -12,6 +12,7 @@ from lrerr_tools.datasets.base import (
     DatasetListing,
     VideoRecord,
     check_no_split_leak,
+    official_count_differences,
 )
 from lrerr_tools.errors import LrerrError
 
@@ -36,6 +37,12 @@ _LAYOUTS = {
     "dfd": dfd.LAYOUT,
     "folder": folder.LAYOUT,
 }
+_OFFICIAL_COUNTS = {
+    "ffpp": ffpp.OFFICIAL_COUNTS,
+    "celebdf": celebdf.OFFICIAL_COUNTS,
+    "dfd": dfd.OFFICIAL_COUNTS,
+    "folder": folder.OFFICIAL_COUNTS,
+}
 # Only the FF++-layout datasets come in several compression levels.
 _COMPRESSED = ("ffpp", "dfd")
 # An option a dataset has no use for is refused rather than ignored, so that a user who
@@ -52,7 +59,9 @@ def list_videos(
     methods: list[str] | None = None,
     splits: str | Path | None = None,
 ) -> DatasetListing:
-    """List `dataset` under `root`, checked for split leaks; LrerrError if none is found."""
+    """List `dataset` under `root`, checked for split leaks and compared with the official
+    counts (a subset is often meant, so a difference is a line in `count_warnings`, not an
+    error); LrerrError if no video is found."""
     if dataset not in ADAPTERS:
         raise LrerrError(f"unknown dataset {dataset!r}; choose one of {', '.join(ADAPTERS)}")
     root = Path(os.path.abspath(Path(root).expanduser()))
@@ -72,4 +81,6 @@ def list_videos(
         where = f"{root} (compression {compression})" if dataset in _COMPRESSED else str(root)
         layout = _LAYOUTS[dataset].format(comp=compression)
         raise LrerrError(f"no {dataset} videos found under {where} — expected layout {layout}")
+    listing.count_warnings = official_count_differences(dataset, listing, _OFFICIAL_COUNTS[dataset],
+                                                        methods)
     return listing

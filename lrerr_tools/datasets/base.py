@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,12 +39,14 @@ class VideoRecord:
 
 @dataclass
 class DatasetListing:
-    """Videos found on disk, plus split-list entries that are not there, and the split-list
-    files their splits (and, for a CSV, labels) were read from."""
+    """Videos found on disk, plus split-list entries that are not there, the split-list files
+    their splits (and, for a CSV, labels) were read from, and lines saying where the numbers
+    of videos differ from the dataset's official release."""
 
     videos: list[VideoRecord]
     missing: list[str]
     split_files: list[Path] = field(default_factory=list)
+    count_warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Sorted here so every adapter lists deterministically without having to remember to.
@@ -59,6 +62,27 @@ class DatasetListing:
         for path in sorted(self.split_files, key=lambda p: p.name):
             digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
         return digest.hexdigest()
+
+
+def official_count_differences(
+    dataset: str, listing: DatasetListing, official: dict[str, int], methods: list[str] | None = None
+) -> list[str]:
+    """One line per group of `official` (a group is a method or a split, e.g. "FaceSwap" or
+    "test") whose number of listed videos is not the official one. With `methods` the user
+    left groups out on purpose, so a group it does not name is compared only where it still
+    has videos (FF++'s reals are listed whatever the methods): an unchosen method is not absent."""
+    found = Counter(group for video in listing.videos for group in (video.method, video.split))
+    # One adapter call lists one compression, so any record tells which.
+    comp = next((f" {video.compression}" for video in listing.videos if video.compression), "")
+    lines = []
+    for group, expected in official.items():
+        n = found[group]
+        if n == expected or (methods and group not in methods and not n):
+            continue
+        where = f"{dataset} {group}{comp}"
+        lines.append(f"{where}: {n:,} of the official {expected:,} videos" if n < expected else
+                     f"{where}: {n:,} videos, {n - expected:,} more than the official {expected:,}")
+    return lines
 
 
 def list_video_files(directory: Path, *, recursive: bool = False) -> list[Path]:

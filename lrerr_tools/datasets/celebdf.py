@@ -10,6 +10,9 @@ from lrerr_tools.errors import LrerrError
 LAYOUT = "ROOT/Celeb-real/*.mp4, ROOT/YouTube-real/*.mp4 and ROOT/Celeb-synthesis/*.mp4"
 TEST_LIST = "List_of_testing_videos.txt"
 FOLDER_LABELS = {"Celeb-real": 0, "YouTube-real": 0, "Celeb-synthesis": 1}
+# Videos of the official Celeb-DF (v2) release per folder, and its test videos (the
+# "Dataset Structure" of the celeb-deepfakeforensics repository's README.md).
+OFFICIAL_COUNTS = {"Celeb-real": 590, "YouTube-real": 300, "Celeb-synthesis": 5639, "test": 518}
 
 
 def list_celebdf(

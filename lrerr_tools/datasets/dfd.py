@@ -11,6 +11,9 @@ LAYOUT = (
     "ROOT/original_sequences/actors/{comp}/videos/*.mp4 and "
     f"ROOT/manipulated_sequences/{DFD_METHOD}/{{comp}}/videos/*.mp4"
 )
+# Videos of the official release at every compression: 363 actor sequences and 3,068
+# manipulated ones (FaceForensics repository, dataset/README.md, "Space requirement").
+OFFICIAL_COUNTS = {"actors": 363, DFD_METHOD: 3068}
 _SOURCES = (("original_sequences", "actors", 0), ("manipulated_sequences", DFD_METHOD, 1))
 
 

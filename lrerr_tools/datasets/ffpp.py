@@ -23,6 +23,11 @@ REAL_METHOD = "youtube"
 # Shipped inside the FF++ download but a dataset of its own: the dfd adapter lists it.
 DFD_METHOD = "DeepFakeDetection"
 COMPRESSIONS = ("c0", "c23", "c40")
+# Videos of the official release per method folder, the same at every compression: 1,000
+# original sequences, each manipulated by every method (FaceForensics repository,
+# README.md, dataset/README.md and dataset/FaceShifter/README.md).
+OFFICIAL_COUNTS = {REAL_METHOD: 1000, "Deepfakes": 1000, "Face2Face": 1000, "FaceSwap": 1000,
+                   "NeuralTextures": 1000, "FaceShifter": 1000}
 
 
 def canonical_compression(compression: str) -> str:

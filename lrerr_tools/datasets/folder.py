@@ -21,6 +21,8 @@ from lrerr_tools.errors import LrerrError
 LAYOUT = "ROOT/real/** and ROOT/fake/** video files, or a path,label,split CSV given as splits"
 CLASS_LABELS = {"real": 0, "fake": 1}
 CSV_COLUMNS = ("path", "label", "split")
+# A user's own videos: there is no official release to compare with.
+OFFICIAL_COUNTS: dict[str, int] = {}
 
 
 def list_folder(
