@@ -119,15 +119,24 @@ class FeatureTaps(_LayerHooks):
         return [self.outputs[name] for name in self.layers]
 
 
+ATTENTION_FORMS = ("mul", "residual")
+
+
 class AttentionInjector(_LayerHooks):
-    """Multiplies the outputs of named layers by attention maps while `maps(...)` is active.
+    """Scales the outputs of named layers by attention maps while `maps(...)` is active: f·A
+    (`form="mul"`, the paper's) or f·(1 + A) (`"residual"`). A is near 0 wherever the
+    reconstruction is good, so f·A turns most of a real face's mid-level features toward
+    zero; f·(1 + A) keeps them and boosts where the reconstruction fails.
 
     With no maps set the hooks return None, which leaves the outputs untouched: the same
     backbone is the plain baseline.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]):
+    def __init__(self, model: nn.Module, layers: Sequence[str], form: str = "mul"):
+        if form not in ATTENTION_FORMS:
+            raise ValueError(f"attention form must be one of {ATTENTION_FORMS}, got {form!r}")
         self._maps: dict[str, torch.Tensor] | None = None
+        self.form = form
         super().__init__(model, layers)
 
     @contextmanager
@@ -160,7 +169,8 @@ class AttentionInjector(_LayerHooks):
             if a.shape[-2:] != feature.shape[-2:]:
                 a = F.interpolate(a, size=feature.shape[-2:], mode="bilinear", align_corners=False)
             # Cast so a float32 map does not promote a half-precision backbone.
-            return feature * a.to(feature.dtype)
+            a = a.to(feature.dtype)
+            return feature * (1 + a) if self.form == "residual" else feature * a
 
         return scale
 
@@ -230,7 +240,8 @@ def _cached_weights(name: str) -> str:
             return str(path)
         candidates.append(f"{path} (from {cfg.url})")
     if not candidates:
-        raise LrerrError(f"timm has no pretrained weights for {name}; pass --weights FILE or --no-pretrained")
+        raise LrerrError(f"timm has no pretrained weights for {name}; pass --weights FILE, or "
+                         "--no-pretrained to start from random weights")
     raise LrerrError(f"pretrained {name} weights are not cached locally (looked for "
                      f"{' and '.join(candidates)}) — download them there, pass --weights FILE, "
-                     "or use --no-pretrained")
+                     "or --no-pretrained to start from random weights")

@@ -83,9 +83,11 @@ settings() {
             : "${DET_EPOCHS:=30}" "${DET_ITERS:=200}" "${BATCH:=32}" "${WORKERS:=4}" "${PRETRAINED:=1}"
             ;;
         tiny)
-            # Shows every stage working on the demo sample; learns nothing.
+            # Shows every stage working on the demo sample; learns nothing. Random weights are
+            # its point, so LRErr is told its frozen extractor is random on purpose.
             : "${FRAMES:=4}" "${MAE_PRESET:=tiny}" "${MAE_EPOCHS:=1}" "${MAE_STEPS:=5}"
             : "${DET_EPOCHS:=1}" "${DET_ITERS:=4}" "${BATCH:=8}" "${WORKERS:=1}" "${PRETRAINED:=0}"
+            : "${DET_ARGS_lrerr=--random-extractor}"
             ;;
         *) die "--profile must be paper or tiny (got '$PROFILE')" ;;
     esac

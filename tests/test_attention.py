@@ -58,19 +58,20 @@ def test_attention_is_per_location_over_channels():
         local_difference_attention(f, f[:, :4])
 
 
-def test_injector_scales_exactly_the_named_layers(models):
+@pytest.mark.parametrize("form, scale", [("mul", lambda a: a), ("residual", lambda a: 1 + a)])
+def test_injector_scales_exactly_the_named_layers(models, form, scale):
     hooked, plain = models
     x = torch.randn(2, 3, 8, 8)
     a_maps = [torch.rand(2, 1, 8, 8), torch.rand(2, 1, 4, 4)]
-    injector = AttentionInjector(hooked, ["a", "b"])
+    injector = AttentionInjector(hooked, ["a", "b"], form)
     # Registered after the injector, so the taps see the scaled outputs.
     taps = FeatureTaps(hooked, ["stem", "a", "b"])
     with torch.no_grad(), injector.maps(a_maps):
         stem, a, b = taps(x)
         logits = taps.model(x)
         p_stem = plain.stem(x)
-        p_a = plain.a(p_stem) * a_maps[0]
-        p_b = plain.b(p_a.relu()) * a_maps[1]
+        p_a = plain.a(p_stem) * scale(a_maps[0])
+        p_b = plain.b(p_a.relu()) * scale(a_maps[1])
         assert torch.equal(stem, p_stem)
         assert torch.allclose(a, p_a, atol=1e-6)
         assert torch.allclose(b, p_b, atol=1e-6)

@@ -24,7 +24,7 @@ from lrerr_tools.synth import make_celebdf_sample, make_ffpp_sample
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 TINY = {"PROFILE": "tiny", "FRAMES": "2", "DET_ARGS_xception": "--backbone test_resnet",
-        "DET_ARGS_lrerr": "--backbone test_resnet --attn-layers layer1,layer2",
+        "DET_ARGS_lrerr": "--backbone test_resnet --attn-layers layer1,layer2 --random-extractor",
         "DET_ARGS_recce": "--width 0.0625"}
 
 

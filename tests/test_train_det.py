@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LAYERS = ["layer1", "layer2"]
 TINY = dict(pretrained=False, epochs=1, iters_per_epoch=2, batch_size=4, workers=0, device="cpu", lr=1e-3)
 # RECCE's network at 1/16 of its width (46 middle channels) keeps its layout at CPU speed.
-TINY_OPTIONS = {"lrerr": {"backbone": "test_resnet", "attn_layers": LAYERS},
+TINY_OPTIONS = {"lrerr": {"backbone": "test_resnet", "attn_layers": LAYERS, "random_extractor": True},
                 "xception": {"backbone": "test_resnet"}, "recce": {"width": 0.0625}}
 
 
@@ -111,7 +111,8 @@ def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_
     lrerr, base = read_manifest(runs["lrerr"]), read_manifest(runs["xception"])
     assert {k for k in lrerr.config if lrerr.config[k] != base.config[k]} == {"method", "parents", "out",
                                                                               "options"}
-    assert lrerr.config["options"] == {"backbone": "test_resnet", "attn_layers": LAYERS}
+    assert lrerr.config["options"] == {"backbone": "test_resnet", "attn_layers": LAYERS, "attn_form": "mul",
+                                       "random_extractor": True}
     assert base.config["options"] == {"backbone": "test_resnet"}
     assert [base.config[k] for k in ("optimizer", "lr", "schedule")] == ["adam", 1e-3, "constant"]
     assert lrerr.extra["parents"] == {"mae": {"path": os.path.relpath(mae.resolve(), runs["lrerr"].resolve()),
@@ -302,6 +303,17 @@ def test_bad_options_are_one_line_errors(shards, mae, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_lrerr_refuses_a_random_extractor_unless_told_so_on_purpose(shards, mae, tmp_path):
+    out = tmp_path / "run"
+    options = {"random_extractor": False}
+    with pytest.raises(LrerrError, match="--no-pretrained makes LRErr's frozen extractor random, so every "
+                                         "attention map would come from random features"):
+        train_module.run(config(shards, out, mae=mae, options=options))
+    assert not out.exists()
+    train_module.run(config(shards, out, mae=mae))
+    assert read_manifest(out).config["options"]["random_extractor"] is True  # the run says so
+
+
 def test_cli(shards, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
@@ -319,7 +331,8 @@ def test_cli(shards, tmp_path):
 @pytest.mark.parametrize("method", ["lrerr", "recce"])
 def test_ddp_with_two_gloo_processes(shards, mae, tmp_path, method):
     # RECCE gathers its metric loss's embeddings across the ranks inside the DDP step.
-    own = {"lrerr": ["--mae", str(mae), "--backbone", "test_resnet", "--attn-layers", "layer1,layer2"],
+    own = {"lrerr": ["--mae", str(mae), "--backbone", "test_resnet", "--attn-layers", "layer1,layer2",
+                     "--random-extractor"],
            "recce": ["--width", "0.0625"]}[method]
     out = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")

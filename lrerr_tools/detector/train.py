@@ -111,6 +111,7 @@ class DetTrainConfig:
         """Refuse bad settings in one line; resolve the method's options and recipe in place."""
         method = get_method(self.method).resolve(self.options)
         self.options = method.settings
+        method.check_start(self.pretrained, self.weights)
         for parent in method.parents:
             if not self.parents.get(parent.name):
                 raise LrerrError(f"--method {method.name} needs {parent.flag} RUN_DIR (a finished "

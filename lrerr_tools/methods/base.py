@@ -7,6 +7,7 @@ A method is one subclass of `Method` in its own module of this package, register
     context = method.context(parents, seed, device)   # frozen helpers kept out of the state dict
     method.check_data(dataset, context)        # refuse shards it cannot read, before any work
     net = method.build()                       # architecture, random init (the trainer seeds first)
+    method.check_start(pretrained, weights)    # refuse a meaningless start, before any work
     method.init(net, pretrained, weights)      # pretrained weights, fresh runs only
     inputs = method.inputs(net, context, batch, device, dtype)   # no grad: shard batch → model inputs
     outputs = net(inputs)                      # {"logit": (B,), ...auxiliary outputs}
@@ -150,6 +151,10 @@ class Method:
     def build(self):
         """The network, randomly initialised (the trainer has seeded torch)."""
         raise NotImplementedError
+
+    def check_start(self, pretrained: bool, weights: str | None) -> None:
+        """Refuse, in one line and before any work, a starting point that would make the run
+        meaningless (e.g. random weights where the method needs trained ones)."""
 
     def init(self, net, pretrained: bool, weights: str | None) -> None:
         """Load pretrained weights into a fresh `net`; a method with none ignores this."""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from lrerr_tools.attention import (
+    ATTENTION_FORMS,
     XCEPTION_LAYERS,
     AttentionInjector,
     FeatureTaps,
@@ -25,6 +26,7 @@ from lrerr_tools.attention import (
 from lrerr_tools.blocks.timm_classifier import TimmClassifier
 from lrerr_tools.detector.overlays import heat_panels, image_panels, layout
 from lrerr_tools.detector.reconstruction import Reconstructor, load_reconstructor
+from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.checkpoint import MaeInfo
 from lrerr_tools.mae.masking import MaskingSettings
 from lrerr_tools.mae.model import MaskedAutoencoder
@@ -45,12 +47,12 @@ class LrerrNet(TimmClassifier):
     same random init) that makes the maps for `layers`. The frozen copy is part of the state
     dict, so a checkpoint scores without the weights file it started from."""
 
-    def __init__(self, name: str, layers: Sequence[str]):
+    def __init__(self, name: str, layers: Sequence[str], form: str = "mul"):
         super().__init__(name)
         self.layers = tuple(layers)
         self.extractor = copy.deepcopy(self.backbone).eval().requires_grad_(False)
         self._tapping = False
-        self.injector = AttentionInjector(self.backbone, self.layers)
+        self.injector = AttentionInjector(self.backbone, self.layers, form)
         self.taps = FeatureTaps(self.extractor, self.layers)
         # After the taps' own hooks, so each layer's map is stored before the check.
         for _, module in resolve_layers(self.extractor, self.layers):
@@ -98,14 +100,26 @@ class Lrerr(XceptionBaseline):
                "scales an Xception's maps (the paper)")
     fields = ("key_mask",)
     parents = (Parent("mae", "train-mae", "the train-mae run whose reconstructions make the attention maps"),)
-    options = (BACKBONE, Option("attn_layers", list, list(XCEPTION_LAYERS),
-                                "backbone layers scaled by the attention maps, comma-separated",
-                                check=_check_layers))
+    options = (BACKBONE,
+               Option("attn_layers", list, list(XCEPTION_LAYERS),
+                      "backbone layers scaled by the attention maps, comma-separated", check=_check_layers),
+               Option("attn_form", str, "mul", "how a map scales its layer: mul, f·A (the paper's), or "
+                      "residual, f·(1 + A), which keeps the features where the reconstruction is good",
+                      choices=ATTENTION_FORMS),
+               Option("random_extractor", bool, False,
+                      "allow --no-pretrained, whose frozen extractor is random: its attention maps then "
+                      "come from random features (quick tests only)"))
     baseline = "xception"
     figure_title = "faces, MAE reconstructions and attention maps"
 
     def build(self) -> LrerrNet:
-        return LrerrNet(self.settings["backbone"], self.settings["attn_layers"])
+        return LrerrNet(self.settings["backbone"], self.settings["attn_layers"], self.settings["attn_form"])
+
+    def check_start(self, pretrained: bool, weights: str | None) -> None:
+        if not pretrained and weights is None and not self.settings["random_extractor"]:
+            raise LrerrError("--no-pretrained makes LRErr's frozen extractor random, so every attention map "
+                             "would come from random features — give it pretrained weights (the local "
+                             "cache, or --weights FILE), or pass --random-extractor to do so on purpose")
 
     def init(self, net: LrerrNet, pretrained: bool, weights: str | None) -> None:
         super().init(net, pretrained, weights)
