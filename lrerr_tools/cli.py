@@ -108,7 +108,8 @@ def extract(
         help="Extra context around the face, as a fraction of its size, on each side.")] = 0.2,
     image_format: Annotated[str, typer.Option("--format", help="Crop format: png or jpg.")] = "png",
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality with --format jpg.")] = 95,
-    backend: Annotated[str, typer.Option(help="Video decoder: auto, decord or opencv.")] = "auto",
+    backend: Annotated[str, typer.Option(
+        help="Video decoder: auto (decord, then OpenCV, then PyAV), decord, opencv or pyav.")] = "auto",
     jobs: Annotated[int, typer.Option(help="Videos processed in parallel (0 = one per core).")] = 1,
     part: Annotated[str, typer.Option(
         help="Process only part i of N (e.g. 2/8), for job arrays; then run `merge`.")] = "1/1",
