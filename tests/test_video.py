@@ -8,18 +8,23 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import jsonschema
 import numpy as np
 import pytest
 from test_extract_bad_input import (
+    SCHEMAS,
+    assert_one_error_line,
     by_video,
     clip,
     decord_refusal,
     folder_config,
+    invoke,
     read_records,
     statuses,
     truncate,
 )
 
+from lrerr_tools.errors import LrerrError
 from lrerr_tools.extract import run
 from lrerr_tools.stage_dir import result_path
 from lrerr_tools.synth import write_video
@@ -163,3 +168,52 @@ def test_every_backend_reports_each_frames_presentation_time(vfr_root, backend):
     true_times = [pts / 1000 for pts in VFR_PTS_MS]
     assert [f.timestamp for f in frames] == pytest.approx(true_times, abs=1e-3)
     assert reader.frame_times() == pytest.approx(true_times, abs=1e-3)
+
+
+def test_extract_records_the_real_time_of_each_frame(vfr_root, tmp_path):
+    out = tmp_path / "extract"
+    run(folder_config(vfr_root, out, frames=4))
+    records = read_records(out)
+    assert [r["frame_index"] for r in records] == [1, 4, 8, 11]
+    assert [r["timestamp"] for r in records] == pytest.approx([0.04, 0.16, 1.7, 2.28], abs=1e-3)
+    validator = jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "extract-record.schema.json").read_text()))
+    for record in records:
+        validator.validate(record)
+
+
+@pytest.mark.parametrize("backend", ["auto", "opencv", "pyav"])
+def test_every_seconds_takes_the_frame_nearest_each_multiple(vfr_root, tmp_path, backend):
+    out = tmp_path / "extract"
+    manifest = run(folder_config(vfr_root, out, every_seconds=0.5, backend=backend))
+    records = read_records(out)
+    # 0, 0.5, ..., 3.0 s fall nearest to the frames at 0, 0.7, 1.2, 1.7, 2.2, 2.28 and 3.0 s;
+    # every 0.5 s of index / mean fps (every 2nd frame) would take 0, 2, 4, ... instead.
+    assert [r["frame_index"] for r in records] == [0, 6, 7, 8, 9, 11, 12]
+    assert [r["timestamp"] for r in records] == pytest.approx([0, 0.7, 1.2, 1.7, 2.2, 2.28, 3.0], abs=1e-3)
+    assert statuses(records) == ["ok"] * 7
+    assert manifest.config["every_seconds"] == 0.5 and manifest.config["frames"] is None
+    assert manifest.counts["frames_tried"] == 7
+
+
+def test_every_seconds_is_part_of_the_config_a_rerun_must_match(vfr_root, tmp_path):
+    out = tmp_path / "extract"
+    run(folder_config(vfr_root, out, every_seconds=0.5))
+    with pytest.raises(LrerrError, match="differs in every_seconds"):
+        run(folder_config(vfr_root, out, every_seconds=1.0))
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1.5", "inf", "nan"])
+def test_every_seconds_not_above_zero_is_one_error_line(vfr_root, tmp_path, seconds):
+    out = tmp_path / "extract"
+    result = invoke("extract", vfr_root, "--dataset", "folder", "--out", out, "--every-seconds", seconds)
+    assert_one_error_line(result, "--every-seconds must be a number of seconds above 0")
+    assert not out.exists()
+
+
+def test_every_and_every_seconds_together_are_one_error_line(vfr_root, tmp_path):
+    out = tmp_path / "extract"
+    result = invoke("extract", vfr_root, "--dataset", "folder", "--out", out,
+                    "--every", "2", "--every-seconds", "1")
+    assert_one_error_line(result, "--every or --every-seconds, not both")
+    assert not out.exists()
