@@ -95,6 +95,9 @@ def extract(
              "test videos for cross-dataset scoring).")] = None,
     frames: Annotated[int, typer.Option(help="Evenly spaced frames per video.")] = 32,
     every: Annotated[int | None, typer.Option(help="Take every K-th frame instead of --frames.")] = None,
+    every_seconds: Annotated[float | None, typer.Option(
+        help="Take the frame nearest to every multiple of S seconds of presentation time instead of "
+             "--frames (right on variable frame rate video too).")] = None,
     face: Annotated[str, typer.Option(help="Which face to keep: largest, central or track.")] = "largest",
     detector: Annotated[str, typer.Option(
         help="retinaface-mnet (bundled, offline) or retinaface-resnet50 (facexlib).")] = "retinaface-mnet",
@@ -108,7 +111,8 @@ def extract(
         help="Extra context around the face, as a fraction of its size, on each side.")] = 0.2,
     image_format: Annotated[str, typer.Option("--format", help="Crop format: png or jpg.")] = "png",
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality with --format jpg.")] = 95,
-    backend: Annotated[str, typer.Option(help="Video decoder: auto, decord or opencv.")] = "auto",
+    backend: Annotated[str, typer.Option(
+        help="Video decoder: auto (decord, then OpenCV, then PyAV), decord, opencv or pyav.")] = "auto",
     jobs: Annotated[int, typer.Option(help="Videos processed in parallel (0 = one per core).")] = 1,
     part: Annotated[str, typer.Option(
         help="Process only part i of N (e.g. 2/8), for job arrays; then run `merge`.")] = "1/1",
@@ -127,7 +131,7 @@ def extract(
         root=str(root), dataset=dataset, out=str(out), compression=compression,
         methods=split_commas(methods), splits=str(splits) if splits else None,
         keep_splits=split_commas(keep_splits),
-        frames=frames, every=every, face=face, detector=detector,
+        frames=frames, every=every, every_seconds=every_seconds, face=face, detector=detector,
         detector_weights=str(detector_weights) if detector_weights else None,
         threshold=threshold, det_max_side=det_max_side, crop_size=crop_size, margin=margin,
         image_format=image_format, jpeg_quality=jpeg_quality, backend=backend, jobs=jobs,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import zlib
 from collections import Counter
@@ -37,7 +38,7 @@ from lrerr_tools.errors import LrerrError
 from lrerr_tools.face_choice import POLICIES, choose_face
 from lrerr_tools.manifest import Manifest, write_stage
 from lrerr_tools.parallel import resolve_jobs, run_parallel, threads_per_job
-from lrerr_tools.sampling import sample_indices
+from lrerr_tools.sampling import sample_indices, sample_times
 from lrerr_tools.stage_dir import (
     WORK_DIR,
     exclusive_run,
@@ -73,6 +74,7 @@ class ExtractConfig:
     keep_splits: list[str] | None = None
     frames: int | None = 32
     every: int | None = None
+    every_seconds: float | None = None
     face: str = "largest"
     detector: str = "retinaface-mnet"
     detector_weights: str | None = None
@@ -103,10 +105,15 @@ class ExtractConfig:
     def validate(self) -> None:
         if self.dataset not in ADAPTERS:
             raise LrerrError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(ADAPTERS)}")
-        if self.every is not None:
+        if self.every is not None and self.every_seconds is not None:
+            raise LrerrError("give --every or --every-seconds, not both")
+        if self.every is not None or self.every_seconds is not None:
             self.frames = None
         if self.every is not None and self.every < 1:
             raise LrerrError(f"--every must be at least 1 (got {self.every})")
+        if self.every_seconds is not None and not 0 < self.every_seconds < math.inf:
+            raise LrerrError(f"--every-seconds must be a number of seconds above 0 "
+                             f"(got {self.every_seconds})")
         if self.frames is not None and self.frames < 1:
             raise LrerrError(f"--frames must be at least 1 (got {self.frames})")
         for name, value, choices in (("--face", self.face, POLICIES),
@@ -283,12 +290,12 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
     base = _video_fields(video, cfg.root)
     try:
         reader = VideoReader(video.path, cfg.backend, threads=threads_per_job(cfg.jobs))
+        indices = _sample(reader, cfg)
     except VideoOpenError as e:
         result = _video_result(video, 0, 0.0, None, 0, [{**base, "status": "unreadable",
                                                          "error": str(e)}])
         atomic_write_json(result_path(out_dir, video.video_id), result)
         return video.video_id
-    indices = sample_indices(reader.n_frames, frames=cfg.frames, every=cfg.every)
     final_dir = out_dir / CROPS_DIR / video.video_id
     partial_dir = final_dir.with_name(work_name(final_dir.name, ".partial"))
     shutil.rmtree(partial_dir, ignore_errors=True)
@@ -303,7 +310,7 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
         faces_per_frame = dict(zip((f.index for f in decoded), _detect(detector, decoded)))
         for frame in chunk:
             where = {**base, "frame_index": frame.index,
-                     "timestamp": round(frame.index / reader.fps, 4) if reader.fps > 0 else None}
+                     "timestamp": None if frame.timestamp is None else round(frame.timestamp, 4)}
             if frame.image is None:
                 records.append({**where, "status": "decode_error", "error": frame.error})
                 continue
@@ -327,6 +334,12 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
     result = _video_result(video, reader.n_frames, reader.fps, reader.backend, len(indices), records)
     atomic_write_json(result_path(out_dir, video.video_id), result)
     return video.video_id
+
+
+def _sample(reader: VideoReader, cfg: ExtractConfig) -> list[int]:
+    if cfg.every_seconds is not None:
+        return sample_times(reader.frame_times(), cfg.every_seconds)
+    return sample_indices(reader.n_frames, frames=cfg.frames, every=cfg.every)
 
 
 def _detect(detector, frames) -> list[list[Face]]:

@@ -17,6 +17,7 @@ from lrerr_tools.cli import app
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.extract import ExtractConfig, run, survey
 from lrerr_tools.synth import astronaut_rgb, camera_clip, make_ffpp_sample, write_video
+from lrerr_tools.video import decord_message
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "manifests"
 FRAMES = 3
@@ -39,6 +40,15 @@ def clip(n_frames: int = 8, size: tuple[int, int] = SIZE, seed: int = 0) -> np.n
 def truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+
+
+def decord_refusal(path: Path) -> str:
+    """What decord itself says when it cannot open `path`."""
+    import decord
+
+    with pytest.raises(Exception) as refused:  # noqa: B017 - decord's DECORDError is not exported
+        decord.VideoReader(str(path))
+    return decord_message(refused.value)
 
 
 def folder_config(root: Path, out: Path, **overrides) -> ExtractConfig:
@@ -162,8 +172,11 @@ def test_files_without_frames_are_one_unreadable_record(mixed, video_id, file):
     [record] = mixed["videos"][video_id]
     assert record["status"] == "unreadable"
     assert record["error"] and "\n" not in record["error"]
-    # auto tries decord, then OpenCV; the user is told both failed.
-    assert "decord" in record["error"] and "opencv" in record["error"]
+    # auto tries decord, then OpenCV, then PyAV; the user is told what each said, decord's
+    # own words first.
+    decord_said = f"decord: {decord_refusal(mixed['root'] / record['path'])}; "
+    assert record["error"].startswith(decord_said)
+    assert record["error"][len(decord_said):].startswith("opencv: ") and "; pyav: " in record["error"]
     assert record["label"] == 1 and record["path"] == f"fake/{file}"
     assert "frame_index" not in record and "crop" not in record
     assert video_id in mixed["manifest"].extra["failed_videos"]
