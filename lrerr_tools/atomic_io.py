@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 HASH_CHUNK = 1 << 20
+TEMP_SUFFIX = ".tmp"
+
+log = logging.getLogger(__name__)
 
 
 def _read_umask() -> int:
@@ -26,7 +30,7 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
-# What a temp file's name adds to its target's: ".{name}." + mkstemp's 8 characters + ".tmp".
+# What a temp file's name adds to its target's: ".{name}." + mkstemp's 8 characters + TEMP_SUFFIX.
 TEMP_NAME_EXTRA = 2 + 8 + 4
 
 
@@ -34,7 +38,7 @@ def written_file(path: str | Path) -> Path:
     """The file a write was for: `path` itself, or the target of one of our temp files."""
     path = Path(path)
     name = path.name
-    if name.startswith(".") and name.endswith(".tmp") and len(name) > TEMP_NAME_EXTRA:
+    if name.startswith(".") and name.endswith(TEMP_SUFFIX) and len(name) > TEMP_NAME_EXTRA:
         return path.with_name(name[1:-(TEMP_NAME_EXTRA - 1)])
     return path
 
@@ -53,7 +57,7 @@ def named_errors(path: str | Path) -> Iterator[None]:
 
 
 def _temp_beside(path: Path) -> tuple[int, str]:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.fchmod(fd, FILE_MODE)
     return fd, tmp
 
@@ -75,6 +79,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temp_files(directory: str | Path) -> None:
+    """Delete the temp files in `directory` of writes a kill cut short (SIGKILL leaves them;
+    every other exit removes its own). Only for a directory no other run is writing."""
+    for stale in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        log.info("removing %s, left by a run that was cut short", stale.name)
+        stale.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | Path, obj: object, sort_keys: bool = True) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lrerr_tools.atomic_io import remove_temp_files
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import MANIFEST_FILE, RECORDS_FILE, Manifest, open_parent, read_manifest
 from lrerr_tools.training import load_checkpoint, setup_distributed, teardown_distributed
@@ -114,7 +115,13 @@ def run_training(cfg, stage: str, make_trainer: Callable, stage_outputs: tuple[s
                  check_found: Callable | None = None) -> Manifest:
     """The run lifecycle both trainers share: claim or clear `cfg.out`, return a finished run
     unchanged, else build (fresh or from last.pt) and fit. `check_found(trainer, extra)` vets
-    the `extra` of a finished manifest or a checkpoint before it is reused."""
+    the `extra` of a finished manifest or a checkpoint before it is reused.
+
+    A trainer has `build(state)`, `fit()` and `write_manifest()`. Each epoch's outputs are
+    written in one order: log row, grid, best.pt, then last.pt, which commits the epoch, then
+    records and manifest, derived from it. A run killed at any moment resumes from last.pt:
+    it redoes what came before (alike, and the log is rewritten from last.pt's history) and
+    finishes what came after."""
     cfg.check()
     shards = open_parent(cfg.shard_dir, "shard")
     dist, device = setup_distributed(cfg.device)
@@ -134,7 +141,14 @@ def run_training(cfg, stage: str, make_trainer: Callable, stage_outputs: tuple[s
         if state.finished is not None:
             logging.getLogger(__name__).info("%s already holds this run, complete — nothing to do", out)
             return state.finished
+        if dist.is_main:
+            for directory in (out, out / CHECKPOINTS, *(out / name for name in stage_outputs)):
+                remove_temp_files(directory)
         trainer.build(state)
+        if state.checkpoint is not None and dist.is_main:
+            # last.pt commits an epoch, and the manifest is written from it after: finish that
+            # in case a kill fell between the two (after the last epoch, nothing else would).
+            trainer.write_manifest()
         trainer.fit()
         return read_manifest(out)
     finally:

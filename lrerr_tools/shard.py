@@ -43,7 +43,7 @@ import cv2
 import h5py
 import numpy as np
 
-from lrerr_tools.atomic_io import atomic_write_json, named_errors, sha256_file
+from lrerr_tools.atomic_io import TEMP_SUFFIX, atomic_write_json, named_errors, remove_temp_files, sha256_file
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import Manifest, check_parent_unchanged, linked_dir, open_parent, write_stage
 from lrerr_tools.parallel import run_parallel
@@ -57,7 +57,6 @@ SCHEMA_VERSION = 1
 CODECS = ("png", "jpeg", "raw")
 SHARDS_DIR = "shards"
 N_LANDMARKS = 68
-TEMP_SUFFIX = ".tmp"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # (index dataset, string table it points into, record field)
 INDEXED = (("video_index", "video_ids", "video_id"), ("method_index", "methods", "method"),
@@ -127,9 +126,7 @@ def run(cfg: ShardConfig) -> Manifest:
     prepare_output(out, STAGE, ident, cfg.overwrite, outputs=(SHARDS_DIR,))
     shards_dir = out / SHARDS_DIR
     shards_dir.mkdir(exist_ok=True)
-    for stale in shards_dir.glob(f".*{TEMP_SUFFIX}"):
-        log.info("removing %s, left by a run that was cut short", stale.name)
-        stale.unlink(missing_ok=True)
+    remove_temp_files(shards_dir)
 
     todo = [job for job in jobs if _done_entry(out, job) is None]
     if len(todo) < len(jobs):

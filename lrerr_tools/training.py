@@ -17,6 +17,7 @@ import math
 import os
 import random
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -327,26 +328,25 @@ def restore_training_state(checkpoint: dict, model: nn.Module, optimizer: torch.
 class CsvLogger:
     """One CSV row per epoch, appended and flushed as each ends.
 
-    Opened to resume after `completed_epochs`, it first drops any later rows: those of an
-    epoch that was logged but never checkpointed, and that the resumed run will redo.
+    Opened with the `rows` of the epochs a checkpoint holds, it rewrites the file as those:
+    a resumed run drops the rows of an epoch that was logged but never checkpointed (it
+    redoes that epoch), and never keeps a row that a kill cut short.
     """
 
-    def __init__(self, path: str | Path, fields: list[str], completed_epochs: int = 0):
+    def __init__(self, path: str | Path, fields: list[str], rows: Iterable[dict] = ()):
         self.path, self.fields = Path(path), fields
-        rows = []
-        if completed_epochs and self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= completed_epochs]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(map(self._row, rows))
         atomic_write_bytes(self.path, buffer.getvalue().encode())
+
+    def _row(self, record: dict) -> dict:
+        return {k: "" if record.get(k) is None else record[k] for k in self.fields}
 
     def log(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields, lineterminator="\n").writerow(
-                {k: "" if row.get(k) is None else row[k] for k in self.fields})
+            csv.DictWriter(f, self.fields, lineterminator="\n").writerow(self._row(row))
 
 
 class NonFiniteLoss(LrerrError):

@@ -135,21 +135,26 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(finished, unfinished, s
     assert rows[0] == rows[1] and len(rows[0]) == 2
 
 
+@pytest.mark.parametrize("epoch", [1, 2])  # after the last epoch, only the resume can write the manifest
 def test_a_kill_just_after_the_checkpoint_lands_resumes_to_the_same_run(finished, shards, tmp_path,
-                                                                       monkeypatch):
+                                                                       monkeypatch, epoch):
     out = tmp_path / "run"
     real_save = train_module._Trainer._save
 
     def save_then_die(self):
         real_save(self)
-        if self.epoch == 1:
-            raise KeyboardInterrupt  # last.pt holds epoch 1; its manifest was not written
+        if self.epoch == epoch:
+            raise KeyboardInterrupt  # last.pt holds the epoch; its manifest was not written
 
     monkeypatch.setattr(train_module._Trainer, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_module.run(config(shards, out))
     monkeypatch.undo()
+    for half_written in ("checkpoints/.last.pt.k1ll3d00.tmp", "grids/.epoch-002.png.k1ll3d00.tmp"):
+        (out / half_written).write_bytes(b"what a SIGKILL mid-write leaves")
     train_module.run(config(shards, out, resume=True))
+    files = [sorted(p.relative_to(run) for p in run.rglob("*")) for run in (finished, out)]
+    assert files[0] == files[1]  # the temp files are gone
     grids = [sorted((run / "grids").iterdir()) for run in (finished, out)]
     assert [p.name for p in grids[1]] == ["epoch-001.png", "epoch-002.png"]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*grids))

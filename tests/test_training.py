@@ -180,15 +180,19 @@ def test_unreadable_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "foreign.pt")
 
 
-def test_csv_log_appends_and_drops_epochs_a_resume_redoes(tmp_path):
-    path = tmp_path / "log.csv"
-    log = CsvLogger(path, ["epoch", "loss", "auc"])
-    for epoch in (1, 2, 3):
-        log.log({"epoch": epoch, "loss": 1 / epoch, "auc": None if epoch == 1 else 0.5})
+def test_csv_log_appends_and_a_resume_rewrites_it_from_the_checkpoints_history(tmp_path):
+    path, fields = tmp_path / "log.csv", ["epoch", "loss", "auc"]
+    log = CsvLogger(path, fields)
+    history = [{"epoch": epoch, "loss": 1 / epoch, "auc": None if epoch == 1 else 0.5} for epoch in (1, 2, 3)]
+    for record in history:
+        log.log(record)
     assert path.read_text().splitlines() == ["epoch,loss,auc", "1,1.0,", "2,0.5,0.5", f"3,{1 / 3},0.5"]
-    CsvLogger(path, ["epoch", "loss", "auc"], completed_epochs=2).log({"epoch": 3, "loss": 9, "auc": 1})
+    with open(path, "a") as f:
+        f.write("4,0.2")  # a row a kill cut short
+    # resumed after epoch 2: epochs 3 and 4 were logged but never checkpointed
+    CsvLogger(path, fields, history[:2]).log({"epoch": 3, "loss": 9, "auc": 1})
     assert path.read_text().splitlines()[1:] == ["1,1.0,", "2,0.5,0.5", "3,9,1"]
-    CsvLogger(path, ["epoch", "loss", "auc"])  # a fresh run starts a fresh log
+    CsvLogger(path, fields)  # a fresh run starts a fresh log
     assert path.read_text().splitlines() == ["epoch,loss,auc"]
 
 

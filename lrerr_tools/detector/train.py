@@ -258,7 +258,7 @@ class _Trainer:
 
     def fit(self) -> None:
         cfg, dist = self.cfg, self.dist
-        logger = CsvLogger(self.out / LOG_FILE, self.log_fields, self.epoch) if dist.is_main else None
+        logger = CsvLogger(self.out / LOG_FILE, self.log_fields, self.history) if dist.is_main else None
         while self.epoch < cfg.epochs:
             lr = self.optimizer.param_groups[0]["lr"]
             train, seconds, images = self.train_epoch()
@@ -270,7 +270,7 @@ class _Trainer:
                 logger.log(record)
                 self._report(record)
                 self._save()
-                self._write_manifest(complete=self.epoch == cfg.epochs)
+                self.write_manifest()
             dist.barrier()
 
     def _report(self, r: dict) -> None:
@@ -300,7 +300,8 @@ class _Trainer:
                         scheduler=self.scheduler, scaler=self.scaler,
                         extra={"history": self.history, "parents": self.parents}, **common)
 
-    def _write_manifest(self, complete: bool) -> None:
+    def write_manifest(self) -> None:
+        """The manifest and records of the epochs done so far, complete after the last."""
         val_labels = np.asarray(self.val.labels)
         counts = {"epochs": self.epoch, "steps": self.step, "train_real": int((self.train.labels == 0).sum()),
                   "train_fake": int((self.train.labels == 1).sum()), "val_real": int((val_labels == 0).sum()),
@@ -311,7 +312,7 @@ class _Trainer:
                  "best": self._best(), "last": self.history[-1], "world_size": self.dist.world_size,
                  "checkpoints": {"best": str(best_checkpoint(Path())), "last": str(last_checkpoint(Path()))}}
         manifest = Manifest(stage=STAGE, config=asdict(self.cfg), parent=self.shards.as_parent(self.out),
-                            counts=counts, complete=complete, extra=extra)
+                            counts=counts, complete=self.epoch == self.cfg.epochs, extra=extra)
         write_stage(self.out, manifest, self.history)
 
 

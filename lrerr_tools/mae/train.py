@@ -233,7 +233,7 @@ class _Trainer:
 
     def fit(self) -> None:
         cfg, dist = self.cfg, self.dist
-        logger = CsvLogger(self.out / LOG_FILE, LOG_FIELDS, self.epoch) if dist.is_main else None
+        logger = CsvLogger(self.out / LOG_FILE, LOG_FIELDS, self.history) if dist.is_main else None
         grid_faces = _grid_faces(self.train, self.val, cfg, self.patches) if dist.is_main else None
         while self.epoch < cfg.epochs:
             lr = self.optimizer.param_groups[0]["lr"]
@@ -254,7 +254,7 @@ class _Trainer:
                 write_grid(self.out / GRIDS / f"epoch-{self.epoch:03d}.png",
                            reconstruction_grid(unwrap(self.model), *grid_faces, self.device))
                 self._save()
-                self._write_manifest(complete=self.epoch == cfg.epochs)
+                self.write_manifest()
             dist.barrier()
 
     def _report(self, r: dict) -> None:
@@ -280,7 +280,8 @@ class _Trainer:
                         scheduler=self.scheduler, scaler=self.scaler,
                         extra={"history": self.history, "init_file": self.init_file}, **common)
 
-    def _write_manifest(self, complete: bool) -> None:
+    def write_manifest(self) -> None:
+        """The manifest and records of the epochs done so far, complete after the last."""
         counts = {"epochs": self.epoch, "steps": self.step, "train_images": len(self.train),
                   "val_real": int((self.val.labels == 0).sum()),
                   "val_fake": int((self.val.labels == 1).sum())}
@@ -289,7 +290,7 @@ class _Trainer:
                  "world_size": self.dist.world_size, "init_file": self.init_file,
                  "checkpoints": {"best": str(best_checkpoint(Path())), "last": str(last_checkpoint(Path()))}}
         manifest = Manifest(stage=STAGE, config=asdict(self.cfg), parent=self.shards.as_parent(self.out),
-                            counts=counts, complete=complete, extra=extra)
+                            counts=counts, complete=self.epoch == self.cfg.epochs, extra=extra)
         write_stage(self.out, manifest, self.history)
 
 
