@@ -92,8 +92,9 @@ def run_straight(args, run_dir):
     rows, manifests = [], []
     with ThreadPoolExecutor(1) as pool:
         result = pool.submit(CliRunner().invoke, app, [*args, "--out", str(run_dir)])
-        written = None
-        while not result.done():
+        written, running = None, True
+        while running:
+            running = not result.done()  # one more look after the end: the last commit may be new
             if logged_epochs(run_dir) > len(rows):
                 rows.append(time.monotonic())
             if manifest_mtime(run_dir) != written:
