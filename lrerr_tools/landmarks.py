@@ -30,6 +30,7 @@ import numpy as np
 from lrerr_tools import key_region
 from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json
 from lrerr_tools.errors import LrerrError
+from lrerr_tools.mae.masking import MaskingSettings, uncovered_key_region
 from lrerr_tools.manifest import Manifest, StageDir, open_parent, write_stage
 from lrerr_tools.parallel import run_parallel
 from lrerr_tools.stage_dir import (
@@ -205,6 +206,7 @@ def _finalize(cfg: LandmarksConfig, parent: StageDir, out: Path, video_ids: list
     inner, inside = key_region.dataset_rect(rects, cfg.coverage)
     rect = key_region.expand_rect(inner, cfg.expand, size, size)
     patches, mask = key_region.rect_to_patches(rect, size, cfg.patch)
+    _warn_if_uncovered(patches, [r["key_patches"] for r in records if r["status"] == "ok"], mask.size)
     manifest = Manifest(
         stage=STAGE, config=cfg.identity(), parent=parent.as_parent(out), complete=True,
         counts={**_counts(records), "parent_non_ok": parent_non_ok},
@@ -222,6 +224,21 @@ def _finalize(cfg: LandmarksConfig, parent: StageDir, out: Path, video_ids: list
     if unchanged:
         return previous  # keep its hash, so later stages stay valid
     return write_stage(out, manifest, records)
+
+
+def _warn_if_uncovered(patches: list[int], per_face: list[list[int]], num_patches: int) -> None:
+    """Say now, not hours later at train-mae, when train-mae's default masking cannot cover the
+    key region (it refuses to train so), or some faces' own regions (`--key-region per-face`)."""
+    defaults = MaskingSettings()
+    problem = uncovered_key_region(len(patches), num_patches, defaults)
+    if problem:
+        log.warning("at train-mae's default masking, %s; train-mae refuses to train so", problem)
+    over = sum(uncovered_key_region(len(p), num_patches, defaults) is not None for p in per_face)
+    if over:
+        log.warning("%d of %d faces have their own key region larger than train-mae's default "
+                    "--mask-ratio %s can mask as --key-mask-ratio %s asks (it matters for "
+                    "--key-region per-face)", over, len(per_face), defaults.mask_ratio,
+                    defaults.key_mask_ratio)
 
 
 def count_records(records: list[dict], manifest: Manifest) -> dict[str, int]:

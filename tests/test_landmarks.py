@@ -292,3 +292,17 @@ def test_cli_prints_counts_and_the_picture(extract_dir, tmp_path):
     assert "crops_in" in result.output and "parent_non_ok" in result.output
     assert str(out / "key_region.png") in result.output
     assert json.loads((out / "manifest.json").read_text())["config"]["expand"] == 4
+
+
+def test_a_key_region_train_mae_could_not_cover_is_a_warning_at_landmarks(caplog):
+    from lrerr_tools.landmarks import _warn_if_uncovered
+
+    with caplog.at_level("WARNING"):
+        _warn_if_uncovered(list(range(100)), [list(range(60))] * 3, 196)
+    assert not caplog.records  # 0.9 of 100 fits the 147 patches masked
+    with caplog.at_level("WARNING"):
+        _warn_if_uncovered(list(range(170)), [list(range(60)), list(range(180))], 196)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith("at train-mae's default masking, the key region T holds 170 of the 196 patches")
+    assert first.endswith("raise --mask-ratio to 0.78 or more; train-mae refuses to train so")
+    assert second.startswith("1 of 2 faces have their own key region larger than")

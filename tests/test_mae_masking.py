@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.mae.masking import MaskingSettings, key_masks_for, key_region_mask, masked_count
+from lrerr_tools.mae.masking import (
+    MaskingSettings,
+    key_masks_for,
+    key_region_mask,
+    masked_count,
+    uncovered_key_region,
+)
 from lrerr_tools.training import seeded_generator
 
 
@@ -86,3 +92,19 @@ def test_masked_count_and_settings_checks():
                          (dict(key_region="face"), "--key-region must be one of dataset, per-face")]:
         with pytest.raises(LrerrError, match=message):
             MaskingSettings(**bad).check()
+
+
+def test_a_key_region_the_budget_cannot_cover_is_named_with_the_ratio_that_would():
+    defaults = MaskingSettings()  # 0.75 of 196 = 147 masked; 0.9 of T asked for
+    assert uncovered_key_region(163, 196, defaults) is None  # ceil(146.7) = 147 fits
+    assert uncovered_key_region(170, 196, defaults) == (
+        "the key region T holds 170 of the 196 patches and --key-mask-ratio 0.9 asks to mask 153 of them, "
+        "but --mask-ratio 0.75 masks only 147 patches, so 23 of T would stay visible — raise --mask-ratio "
+        "to 0.78 or more")
+    # what the message promises holds: at 0.78, ceil(0.9 * 170) key patches are masked
+    key = torch.zeros(1, 196, dtype=torch.bool)
+    key[0, :170] = True
+    mask = key_region_mask(key, 0.78, 0.9, seeded_generator(0, 0))
+    assert uncovered_key_region(170, 196, MaskingSettings(mask_ratio=0.78)) is None
+    assert int((mask & key).sum()) == 153
+    assert "lower --key-mask-ratio" in uncovered_key_region(196, 196, MaskingSettings(0.5, 1.0))

@@ -39,6 +39,14 @@ def config(shards, out, **overrides):
     return train_module.MaeTrainConfig(shard_dir=str(shards), out=str(out), **{**TINY, **overrides})
 
 
+def test_a_key_region_the_mask_cannot_cover_is_refused_before_any_work(shards, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(LrerrError, match=r"the key region T holds \d+ of the 196 patches .* masks only 39 "
+                                         r"patches, so \d+ of T would stay visible — raise --mask-ratio to "):
+        train_module.run(config(shards, out, mask_ratio=0.2))
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def finished(shards, tmp_path_factory):
     """A complete 2-epoch run; tests only read it (or copy it)."""

@@ -7,6 +7,7 @@ reconstructions made exactly as the MAE learned to make them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,21 @@ class MaskingSettings:
 
 def masked_count(num_patches: int, mask_ratio: float) -> int:
     return round(num_patches * mask_ratio)
+
+
+def uncovered_key_region(key_patches: int, num_patches: int, settings: MaskingSettings) -> str | None:
+    """Why `settings` cannot mask the share of a key region of `key_patches` patches that they
+    ask for (part of T beyond 1 − key_mask_ratio would stay visible), or None when they can."""
+    budget = masked_count(num_patches, settings.mask_ratio)
+    wanted = math.ceil(key_patches * settings.key_mask_ratio - 1e-6)  # as key_region_mask counts
+    if wanted <= budget:
+        return None
+    enough = [r / 100 for r in range(1, 100) if masked_count(num_patches, r / 100) >= wanted]
+    fix = f"raise --mask-ratio to {enough[0]:.2f} or more" if enough else "lower --key-mask-ratio"
+    return (f"the key region T holds {key_patches} of the {num_patches} patches and --key-mask-ratio "
+            f"{settings.key_mask_ratio} asks to mask {wanted} of them, but --mask-ratio "
+            f"{settings.mask_ratio} masks only {budget} patches, so {key_patches - budget} of T would "
+            f"stay visible — {fix}")
 
 
 def key_masks_for(face_key_masks: torch.Tensor, dataset_patches: list[int], key_region: str) -> torch.Tensor:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.evaluate import VAL_METRICS, evaluate
 from lrerr_tools.mae.grid import reconstruction_grid, write_grid
-from lrerr_tools.mae.masking import MaskingSettings, key_masks_for, key_region_mask
+from lrerr_tools.mae.masking import MaskingSettings, key_masks_for, key_region_mask, uncovered_key_region
 from lrerr_tools.mae.model import GRID, PATCH, PRESETS, MaskedAutoencoder
 from lrerr_tools.mae.pretrained import load_encoder
 from lrerr_tools.manifest import Manifest, StageDir, write_stage
@@ -126,7 +126,7 @@ class MaeTrainConfig:
             raise LrerrError("--workers must be 0 or more")
 
 
-def _datasets(shards: StageDir) -> tuple[ShardDataset, ShardDataset, list[int]]:
+def _datasets(shards: StageDir, masking: MaskingSettings) -> tuple[ShardDataset, ShardDataset, list[int]]:
     train = ShardDataset(shards.path, split="train", labels=[0], fields=("key_mask",))
     if len(train) == 0:
         raise LrerrError(f"{shards.path}: no real faces in the train split — train-mae learns from real "
@@ -136,6 +136,9 @@ def _datasets(shards: StageDir) -> tuple[ShardDataset, ShardDataset, list[int]]:
         raise LrerrError(f"{shards.path}: the key region is given on a {region.get('grid')}x"
                          f"{region.get('grid')} grid of {region.get('patch')} px patches; the MAE needs "
                          f"{GRID}x{GRID} of {PATCH} px — rerun landmarks with --patch {PATCH}")
+    uncovered = uncovered_key_region(len(region["patches"]), GRID * GRID, masking)
+    if uncovered and masking.key_region == "dataset":
+        raise LrerrError(uncovered)
     val = ShardDataset(shards.path, split="val", fields=("key_mask",))
     counts = np.bincount(val.labels, minlength=2)
     if counts.sum() == 0:
@@ -165,7 +168,7 @@ class _Trainer:
     def __init__(self, cfg: MaeTrainConfig, shards: StageDir, dist: Distributed, device: torch.device):
         self.cfg, self.shards, self.dist, self.device = cfg, shards, dist, device
         self.out = Path(cfg.out)
-        self.train, self.val, self.patches = _datasets(shards)
+        self.train, self.val, self.patches = _datasets(shards, cfg.masking)
         if cfg.batch_size % dist.world_size:
             raise LrerrError(f"--batch-size {cfg.batch_size} must divide evenly among {dist.world_size} "
                              "processes")
