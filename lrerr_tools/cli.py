@@ -98,7 +98,9 @@ def extract(
     every_seconds: Annotated[float | None, typer.Option(
         help="Take the frame nearest to every multiple of S seconds of presentation time instead of "
              "--frames (right on variable frame rate video too).")] = None,
-    face: Annotated[str, typer.Option(help="Which face to keep: largest, central or track.")] = "largest",
+    face: Annotated[str, typer.Option(
+        help="Which face to keep: track (start from the largest, follow it by overlap), largest or "
+             "central.")] = "track",
     detector: Annotated[str, typer.Option(
         help="retinaface-mnet (bundled, offline) or retinaface-resnet50 (facexlib).")] = "retinaface-mnet",
     detector_weights: Annotated[Path | None, typer.Option(

@@ -35,7 +35,7 @@ from lrerr_tools.datasets import ADAPTERS, DatasetListing, VideoRecord, list_vid
 from lrerr_tools.datasets.base import SPLITS, UNASSIGNED
 from lrerr_tools.detection import DETECTORS, Face, check_detector, make_detector
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.face_choice import POLICIES, choose_face
+from lrerr_tools.face_choice import POLICIES, choose_face, jumps
 from lrerr_tools.manifest import Manifest, write_stage
 from lrerr_tools.parallel import resolve_jobs, run_parallel, threads_per_job
 from lrerr_tools.sampling import sample_indices, sample_times
@@ -75,7 +75,9 @@ class ExtractConfig:
     frames: int | None = 32
     every: int | None = None
     every_seconds: float | None = None
-    face: str = "largest"
+    # Tracking by default: in two-person videos `largest` can flip between the people, and an
+    # unmanipulated face would then be labelled fake (DFD's users report such label noise).
+    face: str = "track"
     detector: str = "retinaface-mnet"
     detector_weights: str | None = None
     threshold: float = 0.8
@@ -229,6 +231,7 @@ def finalize(out_dir: str | Path) -> Manifest | None:
             "missing_videos": listing.missing,
             "short_videos": [v for v, n in videos.items() if _short(n, ident["frames"])],
             "failed_videos": [v for v, n in videos.items() if n["crops"] == 0],
+            "face_jumps": dict(Counter(r["video_id"] for r in records if r.get("face_jump"))),
         })
     previous = existing_manifest(out_dir)
     if previous is not None and same_output(previous, manifest, records):
@@ -282,6 +285,7 @@ def _counts(records: list[dict], missing: list[str], frames: int | None) -> dict
         "no_face": statuses["no_face"],
         "decode_error": statuses["decode_error"],
         "unreadable": statuses["unreadable"],
+        "face_jumps": sum(bool(r.get("face_jump")) for r in records),
     }
 
 
@@ -319,7 +323,6 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
             if face is None:
                 records.append({**where, "status": "no_face", "n_faces": 0})
                 continue
-            previous = face
             crop, matrix = align_face(frame.image, face.kps, cfg.crop_size, cfg.margin)
             name = f"{frame.index:06d}.{cfg.image_format}"
             digest = _write_image(partial_dir / name, crop, cfg)
@@ -327,8 +330,9 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
                 **where, "status": "ok", "crop": f"{CROPS_DIR}/{video.video_id}/{name}",
                 "crop_sha256": digest, "score": round(face.score, 5), "box": _rounded(face.box),
                 "kps": _rounded(face.kps), "matrix": _rounded(matrix, 6),
-                "n_faces": len(faces), "face_choice": cfg.face,
+                "n_faces": len(faces), "face_choice": cfg.face, "face_jump": jumps(face, previous),
             })
+            previous = face
     shutil.rmtree(final_dir, ignore_errors=True)
     partial_dir.rename(final_dir)
     result = _video_result(video, reader.n_frames, reader.fps, reader.backend, len(indices), records)

@@ -21,6 +21,12 @@ def _center(box: np.ndarray) -> np.ndarray:
     return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
 
 
+def jumps(face: Face, previous: Face | None) -> bool:
+    """Whether the face chosen now does not overlap the one chosen before: under `track` the
+    track was lost; under `largest` or `central` the crops may have changed person."""
+    return previous is not None and box_iou(face.box, previous.box) == 0
+
+
 def choose_face(faces: list[Face], frame_shape: tuple[int, ...], policy: str,
                 previous: Face | None = None) -> Face | None:
     """`largest` box; `central`: nearest the frame centre; `track`: the face that overlaps the

@@ -148,19 +148,20 @@ def open_parent(stage_dir: str | Path, stage: str) -> StageDir:
         raise LrerrError(f"{records}: changed or missing since its manifest was written")
     wrong = miscounted(manifest, list(iter_records(stage_dir)))
     if wrong:
-        raise LrerrError(f"{stage_dir / MANIFEST_FILE}: {wrong[0]} — the manifest was edited by hand; "
-                         f"rerun `lrerr-tools {stage}` with --overwrite to rebuild it")
+        raise LrerrError(f"{stage_dir / MANIFEST_FILE}: {wrong[0]} — the manifest was edited by hand (or "
+                         f"counted by an older lrerr-tools); rerun `lrerr-tools {stage}` with --overwrite")
     return StageDir(stage_dir, manifest, content_sha256(manifest))
 
 
 def miscounted(manifest: Manifest, records: list[dict]) -> list[str]:
     """The manifest's counts that its records contradict, one line each: the records are held
-    to their hash, but nothing else would catch a count edited by hand."""
+    to their hash, but nothing else would catch a count edited by hand. A count the manifest
+    lacks is one added since it was written, not a contradiction."""
     if manifest.stage not in COUNTED_STAGES:
         return []
     derived = importlib.import_module(COUNTED_STAGES[manifest.stage]).count_records(records, manifest)
-    return [f"counts.{key} is {manifest.counts.get(key)}, but the records hold {value}"
-            for key, value in derived.items() if manifest.counts.get(key) != value]
+    return [f"counts.{key} is {manifest.counts[key]}, but the records hold {value}"
+            for key, value in derived.items() if key in manifest.counts and manifest.counts[key] != value]
 
 
 def check_parent_unchanged(stage_dir: str | Path, manifest: Manifest) -> None:

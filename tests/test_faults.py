@@ -412,3 +412,20 @@ def test_a_split_list_edited_after_extract_is_refused_then_relabelled_without_ex
     assert relabelled.config == fresh.config
     records = [json.loads(line) for line in (tmp_path / "extract" / "records.jsonl").read_text().splitlines()]
     assert {r["split"] for r in records if r["video_id"] == "youtube/000"} == {"test"}  # was train
+
+
+def test_a_face_that_jumps_across_the_frame_is_counted_per_video(tmp_path):
+    import numpy as np
+
+    frames = clip(4, seed=3)
+    height, width = frames.shape[1:3]
+    # The face on the left for two frames, then on the right: the chosen box jumps once.
+    wide = np.zeros((4, height, 2 * width, 3), np.uint8)
+    wide[:2, :, :width], wide[2:, :, width:] = frames[:2], frames[2:]
+    write_video(tmp_path / "root" / "real" / "jump.mp4", wide)
+    write_video(tmp_path / "root" / "real" / "still.mp4", clip(4, seed=4))
+    manifest = run(folder_config(tmp_path / "root", tmp_path / "out", frames=4))
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert [r["face_jump"] for r in records if r["video_id"] == "real/jump"] == [False, False, True, False]
+    assert {r["face_choice"] for r in records} == {"track"}  # the default
+    assert manifest.counts["face_jumps"] == 1 and manifest.extra["face_jumps"] == {"real/jump": 1}

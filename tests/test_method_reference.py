@@ -1,5 +1,6 @@
-"""The method registry changed how LRErr and the Xception baseline are put together, not
-what they compute: the same seed on the same synthetic sample scores as it did before."""
+"""Refactors change how LRErr and the Xception baseline are put together, not what they
+compute: the same seed on the same synthetic sample scores as the reference recorded (see its
+_comment for when each method's numbers were made)."""
 
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from lrerr_tools.score import run as run_score
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REFERENCE = json.loads((Path(__file__).parent / "reference" / "pre_registry_scores.json").read_text())
+REFERENCE = json.loads((Path(__file__).parent / "reference" / "reference_scores.json").read_text())
 
 
 def close(actual, expected, where):
@@ -29,7 +30,7 @@ def close(actual, expected, where):
 
 
 @pytest.mark.parametrize("method", ["xception", "lrerr"])
-def test_scores_match_the_code_before_the_registry(method, ffpp_root, tmp_path_factory, tmp_path):
+def test_scores_match_the_reference(method, ffpp_root, tmp_path_factory, tmp_path):
     shards = shared_png_shards(ffpp_root, tmp_path_factory)
     detector = shared_detector(method, ffpp_root, tmp_path_factory)
     out = tmp_path / "score"

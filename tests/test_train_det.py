@@ -152,6 +152,26 @@ def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
 
 
+def test_a_faces_mask_follows_its_pixels_not_its_name_or_batch(shards, mae):
+    from lrerr_tools.detector.reconstruction import load_reconstructor
+    from lrerr_tools.shard_dataset import ShardDataset
+
+    reconstructor = load_reconstructor(mae, seed=0, device=torch.device("cpu"))
+    faces = ShardDataset(shards, split="val", fields=("key_mask",))
+    items = [faces[i] for i in range(6)]
+    images = torch.stack([it["image"] for it in items])
+    key = torch.stack([it["key_mask"] for it in items])
+    masks = reconstructor.masks(key, images)
+    order = [5, 2, 0, 4, 1, 3]
+    assert torch.equal(reconstructor.masks(key[order], images[order]), masks[order])  # any batch
+    assert len({tuple(m.tolist()) for m in masks}) == 6  # each face its own
+    changed = images.clone()
+    changed[0, 0, 0, 0] ^= 1  # one pixel's lowest bit: another face
+    assert not torch.equal(reconstructor.masks(key[:1], changed[:1]), masks[:1])
+    other_run = load_reconstructor(mae, seed=1, device=torch.device("cpu"))
+    assert not torch.equal(other_run.masks(key, images), masks)
+
+
 def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shards, mae, tmp_path,
                                                                           monkeypatch):
     seen = {"recon": [], "maps": [], "masks": []}
@@ -167,8 +187,8 @@ def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shard
         seen["maps"].append((self.layers, maps))
         return real_maps(self, maps)
 
-    def masks(self, key_masks, video_ids, frame_indices):
-        result = real_masks(self, key_masks, video_ids, frame_indices)
+    def masks(self, key_masks, images):
+        result = real_masks(self, key_masks, images)
         seen["masks"].append((self.info, result))
         return result
 

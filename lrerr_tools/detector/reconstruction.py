@@ -2,22 +2,23 @@
 
 The mask hides all of the key region T (the MAE's own choice of T: dataset-wide or per
 face, as it was trained), then fills the MAE's mask ratio at random, through the same
-`key_region_mask` the MAE trained with. Its randomness is seeded per face, from (run seed,
-video_id, frame_index): a face gets the same reconstruction in every epoch, in validation
-and in `score`, whatever batch it lands in, so a score does not depend on --batch-size.
+`key_region_mask` the MAE trained with. Its randomness is seeded per face, from the run seed
+and a hash of the face's own uint8 pixels: a face gets the same reconstruction in every
+epoch, in validation and in `score`, whatever batch it lands in (a score does not depend on
+--batch-size), and whatever it is called (a renamed video scores the same, and so does the
+same face met later in `predict`).
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Sequence
+import hashlib
 from pathlib import Path
 
 import torch
 
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.checkpoint import MaeInfo, load_mae
-from lrerr_tools.mae.masking import key_masks_for, key_region_mask
+from lrerr_tools.mae.masking import key_masks_for, masks_from_noise
 from lrerr_tools.mae.model import GRID, IMAGE_SIZE, MaskedAutoencoder
 from lrerr_tools.normalization import to_mae_input
 from lrerr_tools.shard_dataset import ShardDataset
@@ -42,24 +43,29 @@ class Reconstructor:
             raise LrerrError(f"{dataset.shard_dir}: faces of {dataset.image_size} px with a {grid}x{grid} "
                              f"key patch grid; the MAE reconstructs {IMAGE_SIZE} px faces on {GRID}x{GRID}")
 
-    def masks(self, key_masks: torch.Tensor, video_ids: Sequence[str],
-              frame_indices: Sequence[int]) -> torch.Tensor:
-        """(B, 196) bool, True = hidden: each face's mask from its own seeded generator."""
+    def masks(self, key_masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(B, 196) bool, True = hidden, for uint8 faces (B, 3, 224, 224): each face's random
+        numbers from a generator seeded by its pixels, all faces masked in one call."""
         masking = self.info.masking
         key = key_masks_for(key_masks, self.info.key_patches, masking.key_region)
-        rows = [key_region_mask(key[i:i + 1], masking.mask_ratio, KEY_MASK_RATIO,
-                                seeded_generator(self.seed, MASK_STREAM, zlib.crc32(video_id.encode()),
-                                                 int(frame)))
-                for i, (video_id, frame) in enumerate(zip(video_ids, frame_indices))]
-        return torch.cat(rows)
+        n = key.shape[1]
+        generators = [seeded_generator(self.seed, MASK_STREAM, *face_seed(face)) for face in images]
+        noise = torch.stack([torch.rand(2, n, generator=g) for g in generators], dim=1)
+        return masks_from_noise(key, masking.mask_ratio, KEY_MASK_RATIO, noise)
 
     @torch.no_grad()
     def reconstruct(self, batch: dict, device: torch.device) -> torch.Tensor:
         """The MAE's reconstruction (visible patches + predicted masked ones) of a shard batch,
         (B, 3, 224, 224) float in the MAE's (ImageNet) normalization."""
-        masks = self.masks(batch["key_mask"], batch["video_id"], batch["frame_index"]).to(device)
+        masks = self.masks(batch["key_mask"], batch["image"]).to(device)
         images = to_mae_input(batch["image"].to(device, non_blocking=True))
         return self.model.reconstruct(images, masks)
+
+
+def face_seed(face: torch.Tensor) -> tuple[int, int]:
+    """Two 32-bit seed parts from a hash of a uint8 face's bytes (on the CPU)."""
+    digest = hashlib.blake2b(face.cpu().contiguous().numpy().tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
 def load_reconstructor(mae_dir: str | Path, seed: int, device: torch.device) -> Reconstructor:

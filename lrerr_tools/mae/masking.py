@@ -75,8 +75,16 @@ def key_region_mask(key_masks: torch.Tensor, mask_ratio: float, key_mask_ratio: 
     Random numbers come from `generator` (on its own device), so masks are reproducible.
     """
     batch, n = key_masks.shape
+    noise = torch.rand(2, batch, n, generator=generator, device=generator.device)
+    return masks_from_noise(key_masks, mask_ratio, key_mask_ratio, noise.to(key_masks.device))
+
+
+def masks_from_noise(key_masks: torch.Tensor, mask_ratio: float, key_mask_ratio: float,
+                     noise: torch.Tensor) -> torch.Tensor:
+    """`key_region_mask` with its random numbers given: `noise` (2, B, N) uniform in [0, 1),
+    so each row may come from a generator of its own and a batch is still masked at once."""
+    n = key_masks.shape[1]
     budget = masked_count(n, mask_ratio)
-    noise = torch.rand(2, batch, n, generator=generator, device=generator.device).to(key_masks.device)
     key = key_masks.bool()
     # rank of each key patch among its row's key patches, in random order (non-key patches last)
     key_order = torch.where(key, noise[0], 2.0).argsort(dim=1).argsort(dim=1)
