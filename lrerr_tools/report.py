@@ -50,7 +50,8 @@ class Run:
 
     def describe(self) -> str:
         train, test = self.train, self.test
-        return (f"{_title(self.detector)}, trained on {_data(train)}, "
+        caveats = f" ({', '.join(train['caveats'])})" if train.get("caveats") else ""
+        return (f"{_title(self.detector)}{caveats}, trained on {_data(train)}, "
                 f"tested on {_data(test)} ({test['split']} split)")
 
 

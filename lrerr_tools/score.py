@@ -120,7 +120,8 @@ def run(cfg: ScoreConfig) -> Manifest:
     rows, _ = predict(method, net, context, dataset, batch_size=cfg.batch_size, workers=cfg.workers,
                       device=device, dtype=None, desc=f"score {cfg.split}")
 
-    train_data = {**detector_run.manifest.extra["train_data"], "method": method.name}
+    train_data = {**detector_run.manifest.extra["train_data"], "method": method.name,
+                  "caveats": detector_run.manifest.extra.get("caveats", [])}  # absent in older runs
     metrics = {"run": {"train": train_data, "test": test_data}, **compute_metrics(rows)}
     jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)

@@ -308,6 +308,7 @@ class _Trainer:
                   "val_fake": int((val_labels == 1).sum())}
         extra = {"method": self.method.name, "parents": self.parents, "train_data": self.train_data,
                  "loss_terms": list(self.method.loss_terms),
+                 "caveats": self.method.caveats(self.cfg.pretrained, self.cfg.weights),
                  "normalization": {"mean": list(self.net.mean), "std": list(self.net.std)},
                  "best": self._best(), "last": self.history[-1], "world_size": self.dist.world_size,
                  "checkpoints": {"best": str(best_checkpoint(Path())), "last": str(last_checkpoint(Path()))}}

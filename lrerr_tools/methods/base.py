@@ -156,6 +156,11 @@ class Method:
         """Refuse, in one line and before any work, a starting point that would make the run
         meaningless (e.g. random weights where the method needs trained ones)."""
 
+    def caveats(self, pretrained: bool, weights: str | None) -> list[str]:
+        """What a reader of this run's scores must know about how it started, in a few words
+        each (the run manifest and `report` show them)."""
+        return [] if pretrained or weights else ["from random weights"]
+
     def init(self, net, pretrained: bool, weights: str | None) -> None:
         """Load pretrained weights into a fresh `net`; a method with none ignores this."""
 

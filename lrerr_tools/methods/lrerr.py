@@ -115,6 +115,10 @@ class Lrerr(XceptionBaseline):
     def build(self) -> LrerrNet:
         return LrerrNet(self.settings["backbone"], self.settings["attn_layers"], self.settings["attn_form"])
 
+    def caveats(self, pretrained: bool, weights: str | None) -> list[str]:
+        random = not pretrained and weights is None
+        return super().caveats(pretrained, weights) + (["random extractor"] if random else [])
+
     def check_start(self, pretrained: bool, weights: str | None) -> None:
         if not pretrained and weights is None and not self.settings["random_extractor"]:
             raise LrerrError("--no-pretrained makes LRErr's frozen extractor random, so every attention map "
