@@ -34,7 +34,7 @@ from torch.utils.data import default_collate
 from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json
 from lrerr_tools.detector.checkpoint import load_detector
 from lrerr_tools.detector.overlays import pick_faces
-from lrerr_tools.detector.predict import predict
+from lrerr_tools.detector.predict import EVAL_PRECISION, predict
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.grid import write_grid
@@ -118,7 +118,7 @@ def run(cfg: ScoreConfig) -> Manifest:
     method.check_data(dataset, context)
     prepare_output(out, STAGE, identity, cfg.overwrite, OUTPUTS)
     rows, _ = predict(method, net, context, dataset, batch_size=cfg.batch_size, workers=cfg.workers,
-                      device=device, dtype=None, desc=f"score {cfg.split}")
+                      device=device, desc=f"score {cfg.split}")
 
     train_data = {**detector_run.manifest.extra["train_data"], "method": method.name,
                   "caveats": detector_run.manifest.extra.get("caveats", [])}  # absent in older runs
@@ -144,6 +144,7 @@ def run(cfg: ScoreConfig) -> Manifest:
     manifest = Manifest(stage=STAGE, config=identity,
                         parent=shards.as_parent(out), counts=_counts(rows), complete=True,
                         extra={"detector": detector_run.as_parent(out), "method": method.name,
+                               "precision": EVAL_PRECISION,
                                "parents": parents, "run": metrics["run"], "metrics": summary,
                                "attention": attention})
     return write_stage(out, manifest, ({**r, "split": cfg.split} for r in rows))

@@ -86,7 +86,7 @@ def test_the_batch_size_does_not_change_a_score(ffpp_root, tmp_path_factory, sha
 
     dataset = ShardDataset(shards, split="test")
     probs = [[r["prob"] for r in predict(loaded.method, loaded.net, loaded.context, dataset, batch_size=size,
-                                         workers=0, device=torch.device("cpu"), dtype=None,
+                                         workers=0, device=torch.device("cpu"),
                                          progress=False)[0]] for size in (1, 8)]
     assert probs[0] == pytest.approx(probs[1], abs=1e-5)
 

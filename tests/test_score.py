@@ -47,7 +47,7 @@ def read_csv(path):
 
 
 @pytest.mark.parametrize("method", ["lrerr", "xception"])
-def test_score_writes_metrics_csvs_and_plots(scored, method):
+def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path_factory):
     out, output = scored[method]
     metrics = json.loads((out / "metrics.json").read_text())
     validate(metrics, schema("metrics"))
@@ -76,6 +76,9 @@ def test_score_writes_metrics_csvs_and_plots(scored, method):
     assert [r["prob"] for r in records] == [float(f["prob"]) for f in frames]
     manifest = read_manifest(out)
     assert manifest.stage == "score" and manifest.counts["frames"] == 22 and manifest.counts["videos"] == 6
+    # scored at the precision its validation picked best.pt at
+    detector = read_manifest(shared_detector(method, ffpp_root, tmp_path_factory))
+    assert manifest.extra["precision"] == detector.extra["eval_precision"] == "float32"
     assert verify(out) == []
     assert cv2.imread(str(out / "roc.png")) is not None
     assert "score complete" in output and "frame" in output and f"roc:       {out / 'roc.png'}" in output

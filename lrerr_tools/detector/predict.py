@@ -13,15 +13,19 @@ from tqdm import tqdm
 
 from lrerr_tools.methods.base import Method
 from lrerr_tools.shard_dataset import ShardDataset
-from lrerr_tools.training import autocast
+
+# Validation (which picks best.pt) and `score` both predict at full precision, never under
+# the run's AMP: the epoch is then chosen on the numbers that are reported, where bf16 logits
+# could reorder faces that score close together.
+EVAL_PRECISION = "float32"
 
 
 @torch.no_grad()
 def predict(method: Method, net: nn.Module, context: Any, dataset: ShardDataset, *, batch_size: int,
-            workers: int, device: torch.device, dtype: torch.dtype | None, desc: str = "predict",
+            workers: int, device: torch.device, desc: str = "predict",
             progress: bool = True) -> tuple[list[dict], np.ndarray]:
     """Per face, a row {video_id, method, label, frame_index, prob} (what metrics take), and
-    the logits (N,) as float64, for a loss."""
+    the logits (N,) as float64, for a loss; at EVAL_PRECISION."""
     was_training = net.training
     net.eval()
     rows, logits = [], []
@@ -30,9 +34,7 @@ def predict(method: Method, net: nn.Module, context: Any, dataset: ShardDataset,
     with tqdm(total=len(dataset), unit="face", desc=desc, disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
         for batch in loader:
-            inputs = method.inputs(net, context, batch, device, dtype)
-            with autocast(device, dtype):
-                out = net(inputs)["logit"].float()
+            out = net(method.inputs(net, context, batch, device, None))["logit"].float()
             logits.append(out.cpu().double())
             probs = torch.sigmoid(out).cpu().tolist()
             rows += [{"video_id": v, "method": m, "label": int(y), "frame_index": int(f), "prob": p}

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lrerr_tools.detector.checkpoint import STAGE, check_same_parent, open_parents
-from lrerr_tools.detector.predict import predict
+from lrerr_tools.detector.predict import EVAL_PRECISION, predict
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import Manifest, StageDir, write_stage
@@ -249,7 +249,7 @@ class _Trainer:
         if len(self.val) == 0:
             return dict.fromkeys(VAL_FIELDS)
         rows, logits = predict(self.method, self.net, self.context, self.val, batch_size=self.rank_batch,
-                               workers=self.cfg.workers, device=self.device, dtype=self.dtype, desc="val")
+                               workers=self.cfg.workers, device=self.device, desc="val")
         labels = np.array([r["label"] for r in rows], dtype=np.float64)
         loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)).item()
         metrics = compute_metrics(rows)
@@ -309,6 +309,7 @@ class _Trainer:
         extra = {"method": self.method.name, "parents": self.parents, "train_data": self.train_data,
                  "loss_terms": list(self.method.loss_terms),
                  "caveats": self.method.caveats(self.cfg.pretrained, self.cfg.weights),
+                 "eval_precision": EVAL_PRECISION,
                  "normalization": {"mean": list(self.net.mean), "std": list(self.net.std)},
                  "best": self._best(), "last": self.history[-1], "world_size": self.dist.world_size,
                  "checkpoints": {"best": str(best_checkpoint(Path())), "last": str(last_checkpoint(Path()))}}
