@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrerr_tools.errors import LrerrError
+from lrerr_tools.weights import require_cached
 
 # timm `legacy_xception` entry-flow block outputs: 55, 28 and 14 px at 224 input (128, 256,
 # 728 channels). They are the mid-level maps at three distinct scales: act2 (109 px) is
@@ -202,7 +203,8 @@ def make_backbone(name: str = "legacy_xception", *, pretrained: bool, weights: s
     if weights is not None:
         source = _local_weights(weights)
     elif pretrained:
-        source = _cached_weights(name)
+        source = str(require_cached(name, "pass --weights FILE, or --no-pretrained to start from random "
+                                          "weights"))
     # Loading through create_model keeps timm's per-model key remapping and head surgery (a
     # classifier of another size is dropped); the `file` overlay keeps it off the network.
     model = timm.create_model(name, pretrained=source is not None, num_classes=num_classes,
@@ -215,33 +217,3 @@ def _local_weights(path: str) -> str:
     if not Path(path).is_file():
         raise LrerrError(f"backbone weights {path}: no such file")
     return path
-
-
-def _cached_weights(name: str) -> str:
-    """Path of the model's default weights if an earlier download left them in a local cache."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    candidates = []
-    if cfg is not None and cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        # timm's own lookup order when no filename is pinned.
-        filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else [
-            "model.safetensors", "pytorch_model.bin"]
-        for filename in filenames:
-            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
-            if isinstance(found, str):
-                return found
-        candidates.append(f"the Hugging Face cache ({cfg.hf_hub_id}/{filenames[0]})")
-    if cfg is not None and cfg.url:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
-        if path.is_file():
-            return str(path)
-        candidates.append(f"{path} (from {cfg.url})")
-    if not candidates:
-        raise LrerrError(f"timm has no pretrained weights for {name}; pass --weights FILE, or "
-                         "--no-pretrained to start from random weights")
-    raise LrerrError(f"pretrained {name} weights are not cached locally (looked for "
-                     f"{' and '.join(candidates)}) — download them there, pass --weights FILE, "
-                     "or --no-pretrained to start from random weights")

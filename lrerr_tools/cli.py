@@ -438,6 +438,38 @@ def report(
         typer.echo(f"wrote {path}")
 
 
+weights_app = typer.Typer(help="Pretrained weights in the local caches; `fetch` is the one command that "
+                                "uses the network.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("fetch")
+@user_errors
+def weights_fetch(
+    names: Annotated[list[str], typer.Argument(help="timm model names, e.g. legacy_xception, "
+                                               "tf_efficientnet_b4, vit_base_patch16_224.mae.")],
+) -> None:
+    """Download timm weights into timm's usual cache (Hugging Face or torch-hub), where the
+    training commands look; print each file's path and sha256."""
+    from lrerr_tools.weights import describe, fetch
+
+    for name in names:
+        typer.echo(describe(fetch(name)))
+
+
+@weights_app.command("list")
+@user_errors
+def weights_list(
+    names: Annotated[list[str] | None, typer.Argument(
+        help="timm model names (default: those this toolchain's defaults start from).")] = None,
+) -> None:
+    """Which weights the local caches hold, with path, size and sha256."""
+    from lrerr_tools.weights import USED_HERE, cached, describe
+
+    for name, found in cached(tuple(names or USED_HERE)):
+        typer.echo(describe(found) if found else f"{name}: not cached — `lrerr-tools weights fetch {name}`")
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

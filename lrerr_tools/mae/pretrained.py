@@ -15,6 +15,7 @@ import torch
 
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.model import MaskedAutoencoder
+from lrerr_tools.weights import require_cached
 
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "blocks.", "norm.")
 
@@ -38,27 +39,11 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
 def _cached_timm_file(name: str) -> Path:
     """The weights of timm model `name` if a cache on this machine already holds them."""
-    from timm.models import get_pretrained_cfg
+    import timm
 
-    cfg = get_pretrained_cfg(name)
-    if cfg is None:
+    if timm.models.get_pretrained_cfg(name) is None:
         raise LrerrError(f"--init {name}: neither a file nor a timm model name with pretrained weights")
-    candidates: list[Path] = []
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in (cfg.hf_hub_filename or "model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
-            if isinstance(found, str):
-                candidates.append(Path(found))
-    if cfg.url:
-        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise LrerrError(
-        f"--init {name}: its weights are not in the local timm/Hugging Face cache and this tool "
-        "never downloads — fetch them on a connected machine and pass the file instead")
+    return require_cached(name, "or pass the weights file to --init")
 
 
 def load_encoder(model: MaskedAutoencoder, name_or_path: str) -> str:
