@@ -242,12 +242,16 @@ def train_mae(
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, sample order and masks.")] = 0,
     max_steps: Annotated[int | None, typer.Option(
         help="Cap on steps per epoch (demos, smoke tests).")] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        help="Validate (all of val, fakes too) and draw the grid every K epochs and after the last "
+             "(default: every epoch).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in --out.")] = False,
 ) -> None:
     """Train the masked autoencoder on real train faces with key-region masking (paper §III.B).
 
     Multi-GPU: torchrun --nproc_per_node N -m lrerr_tools train-mae ...
     """
+    from lrerr_tools.mae.evaluate import premise_lines
     from lrerr_tools.mae.train import GRIDS, MaeTrainConfig, run
     from lrerr_tools.training import is_main_process
 
@@ -256,17 +260,15 @@ def train_mae(
         lr=lr, optimizer=optimizer, warmup_epochs=warmup_epochs, mask_ratio=mask_ratio,
         key_mask_ratio=key_mask_ratio, key_region=key_region, norm_pix=norm_pix, init=init,
         device=device, amp=amp, workers=workers, resume=resume, seed=seed, max_steps=max_steps,
-        overwrite=overwrite))
+        eval_every=eval_every, overwrite=overwrite))
     if not is_main_process():
         return
     print_counts(f"train-mae complete: {out}", manifest.counts)
     best, last = manifest.extra["best"], manifest.extra["last"]
     typer.echo(f"best epoch {best['epoch']} ({best['metric']} {best['value']:.4f}): "
                f"{out / manifest.extra['checkpoints']['best']}")
-    errors = (last["val_real_key_error"], last["val_fake_key_error"])
-    if None not in errors:
-        auc = "n/a" if last["key_auc"] is None else f"{last['key_auc']:.3f}"
-        typer.echo(f"key-region error, last epoch: real {errors[0]:.4f}, fake {errors[1]:.4f} (AUC {auc})")
+    for line in premise_lines(last):
+        typer.echo(line)
     typer.echo(f"reconstructions: {out / GRIDS}/epoch-{manifest.counts['epochs']:03d}.png")
 
 

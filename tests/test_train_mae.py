@@ -272,6 +272,35 @@ def test_without_val_faces_best_follows_the_train_loss(ffpp_root, tmp_path_facto
     assert (tmp_path / "run" / "grids" / "epoch-001.png").is_file()  # grids of train reals instead
 
 
+def test_eval_every_validates_and_draws_every_k_epochs_and_the_last(shards, tmp_path):
+    out = tmp_path / "run"
+    train_module.run(config(shards, out, epochs=5, eval_every=2, max_steps=1))
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [bool(r["val_real_loss"]) for r in rows] == [False, True, False, True, True]
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["epoch-002.png", "epoch-004.png",
+                                                                  "epoch-005.png"]
+    best = read_manifest(out).extra["best"]
+    assert best["metric"] == "val_real_loss" and best["epoch"] in (2, 4, 5)
+    with pytest.raises(LrerrError, match="--eval-every must be at least 1"):
+        train_module.run(config(shards, tmp_path / "bad", eval_every=0))
+
+
+def test_the_mean_colour_baseline_is_what_painting_the_visible_mean_scores():
+    from lrerr_tools.mae.evaluate import masked_errors
+
+    model = MaskedAutoencoder("tiny")
+    images = torch.zeros(1, 3, 224, 224)
+    images[:, 0] = 1.0  # red everywhere ...
+    images[:, 0, :16, :16] = 3.0  # ... but patch 0, which is masked
+    mask = torch.zeros(1, 196, dtype=torch.bool)
+    mask[0, 0] = True
+    perfect = model.patchify(images)  # a prediction that is the image itself
+    recon, colour = masked_errors(model, images, perfect, mask)
+    assert recon.item() == 0.0
+    assert colour.item() == pytest.approx((3.0 - 1.0) ** 2 / 3)  # red off by 2; green, blue right
+
+
 def test_cli(shards, tmp_path):
     runner = CliRunner()
     out = tmp_path / "run"
@@ -279,7 +308,9 @@ def test_cli(shards, tmp_path):
             "--batch-size", "4", "--max-steps", "1", "--workers", "0", "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "train-mae complete" in result.output and "key-region error, last epoch: real" in result.output
+    assert "train-mae complete" in result.output and "key-region error: real" in result.output
+    assert "val real faces, masked patches: MSE" in result.output
+    assert "painted each face's mean colour" in result.output
     assert "grids/epoch-001.png" in result.output
     assert read_manifest(out).counts["steps"] == 1
     result = runner.invoke(app, [*args, "--preset", "huge"])

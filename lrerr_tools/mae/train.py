@@ -93,6 +93,9 @@ class MaeTrainConfig:
     resume: bool = False
     seed: int = 0
     max_steps: int | None = None
+    # Validate (and draw the grid) every K epochs and after the last; None: every epoch, as
+    # runs made before the option did (so they still resume).
+    eval_every: int | None = None
     overwrite: bool = False
 
     # How and where a run goes, not what it computes: a resume may change them.
@@ -117,6 +120,8 @@ class MaeTrainConfig:
                 raise LrerrError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise LrerrError("--max-steps must be at least 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise LrerrError(f"--eval-every must be at least 1 (got {self.eval_every})")
         if not self.lr > 0:
             raise LrerrError(f"--lr must be positive (got {self.lr})")
         if self.optimizer == "adamw" and not 0 <= self.warmup_epochs < self.epochs:
@@ -243,10 +248,11 @@ class _Trainer:
             train_loss, seconds, images = self.train_epoch()
             self.epoch += 1
             if dist.is_main:
+                evaluated = len(self.val) and self._evaluates(self.epoch)
                 metrics = evaluate(unwrap(self.model), self.val, masking=cfg.masking,
                                    dataset_patches=self.patches, batch_size=cfg.batch_size,
                                    workers=cfg.workers, device=self.device, dtype=self.dtype,
-                                   seed=cfg.seed) if len(self.val) else dict.fromkeys(VAL_METRICS)
+                                   seed=cfg.seed) if evaluated else dict.fromkeys(VAL_METRICS)
                 record = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss, **metrics,
                           "lr": lr, "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2)}
                 self.history.append(record)
@@ -254,8 +260,9 @@ class _Trainer:
                 self._report(record)
                 # The epoch's artefacts before its checkpoint, which commits the epoch: a kill
                 # before it redoes the epoch and rewrites them alike, a kill after finds them.
-                write_grid(self.out / GRIDS / f"epoch-{self.epoch:03d}.png",
-                           reconstruction_grid(unwrap(self.model), *grid_faces, self.device))
+                if self._evaluates(self.epoch):
+                    write_grid(self.out / GRIDS / f"epoch-{self.epoch:03d}.png",
+                               reconstruction_grid(unwrap(self.model), *grid_faces, self.device))
                 self._save()
                 self.write_manifest()
             dist.barrier()
@@ -269,9 +276,15 @@ class _Trainer:
                  fmt(r["val_real_loss"]), fmt(r["val_fake_loss"]), fmt(r["val_real_key_error"]),
                  fmt(r["val_fake_key_error"]), fmt(r["key_auc"], ".3f"), fmt(r["images_per_s"], ".1f"))
 
+    def _evaluates(self, epoch: int) -> bool:
+        return epoch == self.cfg.epochs or epoch % (self.cfg.eval_every or 1) == 0
+
     def _best(self) -> dict:
-        metric = "val_real_loss" if self.history[0]["val_real_loss"] is not None else "train_loss"
-        best = min(self.history, key=lambda r: r[metric])
+        """The epoch of the lowest val real loss among the epochs validated, or of the lowest
+        train loss while none has been (or val has no reals)."""
+        validated = [r for r in self.history if r["val_real_loss"] is not None]
+        metric = "val_real_loss" if validated else "train_loss"
+        best = min(validated or self.history, key=lambda r: r[metric])
         return {"epoch": best["epoch"], "metric": metric, "value": best[metric]}
 
     def _save(self) -> None:
