@@ -245,6 +245,9 @@ def train_mae(
     eval_every: Annotated[int | None, typer.Option(
         help="Validate (all of val, fakes too) and draw the grid every K epochs and after the last "
              "(default: every epoch).")] = None,
+    colour_jitter: Annotated[float, typer.Option(
+        help="Per-face colour jitter in training, strength in [0, 1): gains, gamma and offset "
+             "(0: none, as in the paper).")] = 0.0,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in --out.")] = False,
 ) -> None:
     """Train the masked autoencoder on real train faces with key-region masking (paper §III.B).
@@ -260,7 +263,7 @@ def train_mae(
         lr=lr, optimizer=optimizer, warmup_epochs=warmup_epochs, mask_ratio=mask_ratio,
         key_mask_ratio=key_mask_ratio, key_region=key_region, norm_pix=norm_pix, init=init,
         device=device, amp=amp, workers=workers, resume=resume, seed=seed, max_steps=max_steps,
-        eval_every=eval_every, overwrite=overwrite))
+        eval_every=eval_every, colour_jitter=colour_jitter, overwrite=overwrite))
     if not is_main_process():
         return
     print_counts(f"train-mae complete: {out}", manifest.counts)

@@ -334,3 +334,30 @@ def test_ddp_with_two_gloo_processes(shards, tmp_path):
     assert manifest.counts["steps"] == 2  # 8 faces, 2 per process per step: 2 steps cover the epoch
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_colour_jitter_changes_each_faces_colours_alike_per_seed_and_nothing_at_zero():
+    from lrerr_tools.mae.augment import colour_jitter
+    from lrerr_tools.training import seeded_generator
+
+    faces = torch.full((4, 3, 8, 8), 128, dtype=torch.uint8)
+    assert colour_jitter(faces, 0.0, seeded_generator(0)) is faces
+    a = colour_jitter(faces, 0.3, seeded_generator(0))
+    assert torch.equal(a, colour_jitter(faces, 0.3, seeded_generator(0)))  # a resume draws the same
+    assert a.dtype == torch.uint8 and not torch.equal(a, faces)
+    per_face = a.float().mean(dim=(2, 3))  # (4, 3): every face its own colours, flat as before
+    assert len({tuple(row.tolist()) for row in per_face}) == 4
+    assert all(torch.equal(a[i, c], a[i, c, 0, 0].expand(8, 8)) for i in range(4) for c in range(3))
+
+
+def test_a_jittered_run_resumes_exactly(shards, tmp_path, monkeypatch):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    settings = dict(epochs=2, colour_jitter=0.3, max_steps=1)
+    train_module.run(config(shards, straight, **settings))
+    with monkeypatch.context() as patch:
+        stop_before_epoch(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train_module.run(config(shards, resumed, **settings))
+    train_module.run(config(shards, resumed, resume=True, **settings))
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt")["model"] for run in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)

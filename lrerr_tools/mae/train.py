@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lrerr_tools.errors import LrerrError
+from lrerr_tools.mae.augment import colour_jitter
 from lrerr_tools.mae.evaluate import VAL_METRICS, evaluate
 from lrerr_tools.mae.grid import reconstruction_grid, write_grid
 from lrerr_tools.mae.masking import MaskingSettings, key_masks_for, key_region_mask, uncovered_key_region
@@ -96,6 +97,9 @@ class MaeTrainConfig:
     # Validate (and draw the grid) every K epochs and after the last; None: every epoch, as
     # runs made before the option did (so they still resume).
     eval_every: int | None = None
+    # Strength of per-face colour jitter in training (lrerr_tools/mae/augment.py); 0, the
+    # paper's (which names no augmentation), leaves the faces as they are.
+    colour_jitter: float = 0.0
     overwrite: bool = False
 
     # How and where a run goes, not what it computes: a resume may change them.
@@ -120,6 +124,8 @@ class MaeTrainConfig:
                 raise LrerrError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise LrerrError("--max-steps must be at least 1")
+        if not 0 <= self.colour_jitter < 1:
+            raise LrerrError(f"--colour-jitter must be in [0, 1) (got {self.colour_jitter})")
         if self.eval_every is not None and self.eval_every < 1:
             raise LrerrError(f"--eval-every must be at least 1 (got {self.eval_every})")
         if not self.lr > 0:
@@ -224,7 +230,8 @@ class _Trainer:
                 break
             key = key_masks_for(batch["key_mask"], self.patches, cfg.key_region)
             mask = key_region_mask(key, cfg.mask_ratio, cfg.key_mask_ratio, generator).to(self.device)
-            images = to_mae_input(batch["image"].to(self.device, non_blocking=True))
+            faces = batch["image"].to(self.device, non_blocking=True)
+            images = to_mae_input(colour_jitter(faces, cfg.colour_jitter, generator))
             with autocast(self.device, self.dtype):
                 _, loss = self.model(images, mask)
             value = dist.mean(loss.detach()).item()

@@ -1,0 +1,26 @@
+"""Colour jitter for MAE training, on the device and from a seeded generator (so a resumed
+run draws the same numbers). Faces of one video share a white balance and exposure; an MAE
+that has seen few videos then paints masked patches in its training videos' colours instead
+of taking them from the visible patches. Per-image gains, gamma and offset (the changes a
+camera makes) teach it to take them from the face in front of it, and keep the alignment
+the key region relies on, as flips and crops would not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def colour_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """uint8 faces (B, 3, H, W) with, per face, each channel's gain in [1 − s, 1 + s], one gamma
+    in [1 − s, 1 + s] and one offset in ±s·64 grey levels; `strength` s = 0 returns them as they are."""
+    if strength == 0:
+        return images
+    b = images.shape[0]
+    draws = torch.rand(b, 5, generator=generator, device=generator.device).to(images.device)
+    spread = 2 * draws - 1  # uniform in [-1, 1)
+    gains = (1 + strength * spread[:, :3])[:, :, None, None]
+    gamma = (1 + strength * spread[:, 3])[:, None, None, None]
+    offset = (64 * strength * spread[:, 4])[:, None, None, None]
+    jittered = 255 * (images.float() / 255).pow(gamma) * gains + offset
+    return jittered.round().clamp(0, 255).to(torch.uint8)
