@@ -13,9 +13,11 @@ case ${1:-} in
     -*) die "unknown argument '$1' (the one argument is the work directory)" ;;
 esac
 work=${1:-demo-out}
-# A tiny MAE for 2 short epochs and 10 detector steps from random weights (nothing is
-# downloaded): enough to see every stage work, not to learn faces.
-: "${FRAMES:=8}" "${MAE_EPOCHS:=2}" "${MAE_STEPS:=20}" "${DET_ITERS:=10}" "${JOBS:=2}"
+# A tiny MAE for 100 short epochs (the MAE recipe: AdamW, warm-up, cosine; colour jitter,
+# as the sample has few real videos) and 10 detector steps from random weights (nothing is
+# downloaded): every stage at work, and an MAE that paints faces, if blurred ones.
+: "${FRAMES:=8}" "${MAE_EPOCHS:=100}" "${MAE_STEPS:=20}" "${DET_ITERS:=10}" "${JOBS:=2}"
+: "${MAE_ARGS=--optimizer adamw --lr 1.5e-3 --warmup-epochs 5 --eval-every 25 --colour-jitter 0.3}"
 : "${METHOD:=lrerr,xception,recce}"
 parse_args --ffpp "$work/sample" --work "$work" --profile tiny
 
@@ -41,3 +43,11 @@ detectors: $FFPP_DIR/det/{$running} (log.csv, checkpoints/best.pt)
 scores:    $FFPP_DIR/score/{$running}/ffpp-$COMP (metrics.json, CSVs, roc.png, attention.png)
 report:    $WORK/reports/demo.md (above; the test split after 10 steps from random weights)
 EOF
+if [ -f "$MAE_DIR/manifest.json" ]; then # the paper's premise, as the MAE run's last validation saw it
+    echo
+    echo "MAE on the val faces (last epoch):"
+    python -c 'import json, sys
+from lrerr_tools.mae.evaluate import premise_lines
+print("\n".join("  " + line for line in premise_lines(json.load(open(sys.argv[1]))["extra"]["last"])))' \
+        "$MAE_DIR/manifest.json"
+fi
