@@ -226,6 +226,26 @@ BUILDERS = {
 }
 
 
+def other_scores(runs: Sequence[Run], level: str) -> Table:
+    """Every score no paper table takes (a folder dataset, two FF++ methods of four, a val
+    split, ...), so that a report always answers: trained on → tested on, with every metric,
+    overall and per fake method."""
+    metrics = ("auc", "acc", "ap", "eer")
+    table = Table("Other scores — trained on → tested on", "", [
+        "Detector", "Trained on", "Tested on", "Split", "Fakes", "Faces",
+        *(name.upper() if name != "acc" else "Acc" for name in metrics)])
+    for run in runs:
+        blocks = [("all", run.metrics[level])] + [(_short(method), per[level])
+                                                 for method, per in run.metrics["per_method"].items()]
+        for fakes, block in blocks:
+            table.rows.append([_title(run.detector), _data(run.train), _data(run.test), run.test["split"],
+                               fakes, str(block["n"]), *(block[name] for name in metrics)])
+    return table
+
+
+OTHER = "other"  # the file key of the table of scores no paper table takes
+
+
 def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], list[str]]:
     """The tables some run fills, by file key, and notes on what was left out and why."""
     if level not in LEVELS:
@@ -245,7 +265,11 @@ def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], lis
             tables[key] = table
         else:
             notes.append(f"{table.title}: left out — it needs score directories {table.needs}")
-    notes += [f"{run.path}: in no table ({run.describe()})" for run in tested if run.path not in used]
+    others = [run for run in runs if run.path not in used]
+    if others:
+        tables[OTHER] = other_scores(others, level)
+        notes += [f"{run.path}: in no paper table, so in {tables[OTHER].title.split(' —')[0]} "
+                  f"({run.describe()})" for run in others if run in tested]
     return tables, notes
 
 
@@ -286,7 +310,7 @@ def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str =
     tables, notes = build_tables(runs, level)
     atomic_write_bytes(out, render_markdown(list(tables.values()), notes, runs, level).encode())
     written = [out]
-    for key in BUILDERS:
+    for key in (*BUILDERS, OTHER):
         path = out.with_name(f"{out.stem}.{key}.csv")
         if key in tables:
             atomic_write_bytes(path, table_csv(tables[key]).encode())

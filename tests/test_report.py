@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -81,7 +82,13 @@ def test_tables_hold_the_expected_cells(dirs, tmp_path):
     assert "Notes" in text and "left out" not in text
     names = sorted(p.name for p in written)
     assert names == ["paper.ablation.csv", "paper.cross-dataset.csv", "paper.cross-manipulation.csv",
-                     "paper.in-dataset.csv", "paper.leave-one-out.csv", "paper.md"]
+                     "paper.in-dataset.csv", "paper.leave-one-out.csv", "paper.md", "paper.other.csv"]
+    # the val score fits no paper table, and still has its row
+    with open(out.parent / "paper.other.csv", newline="") as f:
+        assert list(csv.reader(f)) == [
+            ["Detector", "Trained on", "Tested on", "Split", "Fakes", "Faces", "AUC", "Acc", "AP", "EER"],
+            ["LRErr", "ffpp c23 [DF, F2F, FS, NT]", "ffpp c23 [DF]", "val", "all", "10", "50.00", "50.00",
+             "50.00", "10.00"]]
     assert (out.parent / "paper.in-dataset.csv").read_text().splitlines() == [
         "Detector,c23 Acc,c23 AUC,c40 Acc,c40 AUC", "LRErr,91.78,97.40,,", "Xception,,,80.00,85.00"]
 
@@ -107,8 +114,12 @@ def test_unmatched_tables_are_left_out_with_a_note(dirs, tmp_path):
 def test_a_run_in_no_table_is_named(tmp_path):
     celeb_to_ffpp = score_dir(tmp_path, "odd", "lrerr", ["Deepfakes", "FaceSwap"], "celebdf")
     write_report([celeb_to_ffpp], tmp_path / "r.md")
-    assert f"{celeb_to_ffpp}: in no table (LRErr, trained on ffpp c23 [DF, FS], tested on celebdf [DF]" \
-        in (tmp_path / "r.md").read_text()
+    text = (tmp_path / "r.md").read_text()
+    assert (f"{celeb_to_ffpp}: in no paper table, so in Other scores (LRErr, trained on ffpp c23 [DF, FS], "
+            "tested on celebdf [DF]") in text
+    assert "## Other scores — trained on → tested on" in text
+    row = "| LRErr | ffpp c23 [DF, FS] | celebdf [DF] | test | all | 10 | 50.00 | 50.00 | 50.00 | 10.00 |"
+    assert row in text
 
 
 def test_real_metrics_output_is_accepted(tmp_path):
