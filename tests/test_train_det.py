@@ -458,3 +458,22 @@ def test_score_reads_the_runs_cache_and_scores_the_same(shards, mae, tmp_path, m
         if cached:
             assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*")} == before  # read-only
     assert probs[True] == probs[False]
+
+
+def test_a_nan_loss_stops_the_run_naming_its_step(shards, tmp_path, monkeypatch):
+    # The loss is read back every few steps, not at each one; the stop still names the step.
+    from lrerr_tools.methods.xception import XceptionBaseline
+
+    real_losses, calls = XceptionBaseline.losses, []
+
+    def losses(self, outputs, inputs, labels, dist):
+        terms = real_losses(self, outputs, inputs, labels, dist)
+        calls.append(1)
+        return {**terms, "total": terms["total"] * float("nan")} if len(calls) == 5 else terms
+
+    monkeypatch.setattr(XceptionBaseline, "losses", losses)
+    out = tmp_path / "run"
+    with pytest.raises(LrerrError, match=r"loss became nan at epoch 2, step 5: training stopped and the "
+                                         r"last good checkpoint, .*last.pt, is kept"):
+        train_module.run(config(shards, out, "xception", epochs=2, iters_per_epoch=3))
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
