@@ -477,3 +477,27 @@ def test_a_nan_loss_stops_the_run_naming_its_step(shards, tmp_path, monkeypatch)
                                          r"last good checkpoint, .*last.pt, is kept"):
         train_module.run(config(shards, out, "xception", epochs=2, iters_per_epoch=3))
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_a_face_drawn_twice_into_one_batch_is_computed_once(tmp_path):
+    from lrerr_tools.detector.frozen_cache import FrozenCache
+
+    def batch(rows):
+        return {"shard_sha256": ["ab" * 32] * len(rows), "row": torch.tensor(rows),
+                "image": torch.tensor(rows, dtype=torch.float32)}
+
+    computed = []
+
+    def compute(faces):  # a value per face that shows which face it is
+        computed.extend(faces["row"].tolist())
+        return [faces["image"][:, None, None].expand(-1, 2, 3) * 0.5]
+
+    cache = FrozenCache(tmp_path, {"test": 1}, {"ab" * 32: 5})
+    for rows in ([3, 1, 3], [1, 4, 4, 3], [4, 1]):  # the very first batch already repeats a face
+        (values,) = cache.fetch(batch(rows), compute)
+        assert values.dtype == torch.float16 and values.shape == (len(rows), 2, 3)
+        assert values[:, 0, 0].tolist() == [r * 0.5 for r in rows]
+    assert computed == [3, 1, 4]
+    cache.commit()
+    reopened = FrozenCache(tmp_path, {"test": 1}, {"ab" * 32: 5}, writable=False)
+    assert reopened.fetch(batch([4, 3]), compute)[0][:, 0, 0].tolist() == [2.0, 1.5] and computed == [3, 1, 4]

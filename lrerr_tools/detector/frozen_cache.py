@@ -84,7 +84,6 @@ class FrozenCache:
         # sha256 → [(values, done)] per readable directory holding that shard; values are (rows, D)
         self._shards: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._stored = 0  # bytes this rank holds
-        self.hits = self.misses = 0
         if writable:
             self.own.mkdir(parents=True, exist_ok=True)
             remove_temp_files(self.own)
@@ -153,20 +152,17 @@ class FrozenCache:
         for i, (face, value) in enumerate(zip(faces, found)):
             if value is None:
                 first.setdefault(face, i)
-        self.hits += len(faces) - sum(value is None for value in found)
-        self.misses += len(first)
-        if len(first) == len(faces):
-            computed = rounded(compute(batch))
-            self.shapes = [tuple(v.shape[1:]) for v in computed]
-            for face, value in zip(faces, self._flatten(computed)):
-                self._store(*face, value)
-            return computed
-        flat, fresh = np.empty((len(faces), self.width), VALUE_DTYPE), {}
+        fresh = {}
         if first:
-            computed = self._flatten(rounded(compute(take(batch, list(first.values())))))
-            for face, value in zip(first, computed):
+            whole = len(first) == len(faces)  # then the batch as it is, as an uncached run computes it
+            computed = rounded(compute(batch if whole else take(batch, list(first.values()))))
+            self.shapes = [tuple(v.shape[1:]) for v in computed]
+            fresh = dict(zip(first, self._flatten(computed)))
+            for face, value in fresh.items():
                 self._store(*face, value)
-            fresh = dict(zip(first, computed))
+            if whole:
+                return computed
+        flat = np.empty((len(faces), self.width), VALUE_DTYPE)
         for i, (face, value) in enumerate(zip(faces, found)):
             flat[i] = fresh[face] if value is None else value
         return self._unflatten(torch.from_numpy(flat))
