@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py mae [--presets tiny,base] [--steps 5] [--batch 8]
     python benchmarks/bench_train.py det [--methods lrerr,recce,xception] [--steps 3] [--cpu-batch 8]
+    python benchmarks/bench_train.py det --runs [--epochs 3] [--iters 3] [--frames 12]
 
 `mae`: one train-mae step (key-region masking at 0.75, forward, loss on the masked patches,
 backward, Adam) against the plain encoder's forward+backward (+ Adam on its weights) on all
@@ -21,6 +22,10 @@ same run. A step is split into the method's no-grad input step (LRErr: the MAE
 reconstruction of a random base-preset MAE and the frozen extractor; nothing for the others)
 and the trainable step (forward, the method's losses, backward, its optimizer); the ratio
 columns say how much slower than Xception each method is.
+
+`det --runs`: whole 3-epoch `train-det` runs (training steps and val pass) of LRErr, with its
+frozen cache and with `--cache-gb 0`, against Xception on the same synthetic shards: each
+epoch's wall time, cold (epoch 1) and warm (the later ones).
 
 A subcommand per model: add one with its own `add_parser` and bench function.
 """
