@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py mae [--presets tiny,base] [--steps 5] [--batch 8]
     python benchmarks/bench_train.py det [--methods lrerr,recce,xception] [--steps 3] [--cpu-batch 8]
+    python benchmarks/bench_train.py det --runs [--epochs 3] [--iters 3] [--frames 12]
 
 `mae`: one train-mae step (key-region masking at 0.75, forward, loss on the masked patches,
 backward, Adam) against the plain encoder's forward+backward (+ Adam on its weights) on all
@@ -21,6 +22,10 @@ same run. A step is split into the method's no-grad input step (LRErr: the MAE
 reconstruction of a random base-preset MAE and the frozen extractor; nothing for the others)
 and the trainable step (forward, the method's losses, backward, its optimizer); the ratio
 columns say how much slower than Xception each method is.
+
+`det --runs`: whole 3-epoch `train-det` runs (training steps and val pass) of LRErr, with its
+frozen cache and with `--cache-gb 0`, against Xception on the same synthetic shards: each
+epoch's wall time, cold (epoch 1) and warm (the later ones).
 
 A subcommand per model: add one with its own `add_parser` and bench function.
 """
@@ -245,6 +250,87 @@ def bench_det(args: argparse.Namespace) -> None:
                   f"{train:>8.2f}x{score:>8.2f}x{memory:>14}")
 
 
+def run_case(method: str, shards: str, mae: str, out: str, overrides: dict) -> dict:
+    """One whole `train-det` run, in a fresh process: the wall time of each epoch, from the
+    start of its training steps to the end of its validation pass."""
+    import lrerr_tools.detector.train as train_det
+
+    ends, starts = [], []
+    real_train_epoch, real_validate = train_det._Trainer.train_epoch, train_det._Trainer.validate
+
+    def train_epoch(self):
+        starts.append(time.perf_counter())
+        return real_train_epoch(self)
+
+    def validate(self):
+        result = real_validate(self)
+        ends.append(time.perf_counter())
+        return result
+
+    train_det._Trainer.train_epoch, train_det._Trainer.validate = train_epoch, validate
+    options = {"backbone": "legacy_xception"}
+    if method == "lrerr":
+        options["random_extractor"] = True  # no weights are downloaded; the cost is the same
+    cfg = train_det.DetTrainConfig(shard_dir=shards, out=out, method=method, options=options,
+                                   parents={"mae": mae} if method == "lrerr" else {}, pretrained=False,
+                                   **overrides)
+    manifest = train_det.run(cfg)
+    return {"epochs": [end - start for start, end in zip(starts, ends)],
+            "val_faces": manifest.counts["val_real"] + manifest.counts["val_fake"]}
+
+
+def bench_det_runs(args: argparse.Namespace) -> None:
+    """Whole 3-epoch runs of LRErr (the cache on and off) and Xception on the same shards."""
+    import tempfile
+    from dataclasses import fields
+    from pathlib import Path
+
+    from lrerr_tools.detector.train import DetTrainConfig
+    from lrerr_tools.extract import ExtractConfig
+    from lrerr_tools.extract import run as run_extract
+    from lrerr_tools.landmarks import LandmarksConfig
+    from lrerr_tools.landmarks import run as run_landmarks
+    from lrerr_tools.mae.train import MaeTrainConfig
+    from lrerr_tools.mae.train import run as run_mae
+    from lrerr_tools.shard import ShardConfig
+    from lrerr_tools.shard import run as run_shard
+    from lrerr_tools.synth import make_ffpp_sample
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = args.gpu_batch if device == "cuda" else args.cpu_batch
+    common = dict(epochs=args.epochs, iters_per_epoch=args.iters, batch_size=batch, workers=args.workers,
+                  device=device)
+    variants = {"xception": ("xception", {}), "lrerr": ("lrerr", {})}
+    if "cache_gb" in {f.name for f in fields(DetTrainConfig)}:  # the code before the cache had none
+        variants["lrerr, no cache"] = ("lrerr", {"cache_gb": 0.0})
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = make_ffpp_sample(tmp / "sample", n_pairs=3, methods=("Deepfakes", "FaceSwap"),
+                                n_frames=args.frames + 4)
+        run_extract(ExtractConfig(root=str(root), dataset="ffpp", splits=str(root / "splits"),
+                                  out=str(tmp / "extract"), frames=args.frames, jobs=2))
+        run_landmarks(LandmarksConfig(extract_dir=str(tmp / "extract"), out=str(tmp / "landmarks"), jobs=2))
+        run_shard(ShardConfig(landmarks=str(tmp / "landmarks"), out=str(tmp / "shards")))
+        run_mae(MaeTrainConfig(shard_dir=str(tmp / "shards"), out=str(tmp / "mae"), preset="base", epochs=1,
+                               batch_size=4, max_steps=1, workers=0, device=device))
+        results = {name: run_isolated(run_case, method, str(tmp / "shards"), str(tmp / "mae"),
+                                      str(tmp / name.replace(", ", "-").replace(" ", "-")),
+                                      {**common, **overrides})
+                   for name, (method, overrides) in variants.items()}
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, torch {torch.__version__}, device {device}")
+    val = results[BASELINE]["val_faces"]
+    print(f"{args.epochs} epochs x {args.iters} steps x batch {batch} = {args.iters * batch} train faces an "
+          f"epoch, {val} val faces; legacy_xception (random weights), base MAE; epoch = train + val, s")
+    base = results[BASELINE]["epochs"]
+    print(f"{'run':<18}{'cold s':>9}{'warm s':>9}{'total s':>9}{'cold ×':>9}{'warm ×':>9}")
+    for name, r in results.items():
+        cold, warm = r["epochs"][0], statistics.mean(r["epochs"][1:] or r["epochs"])
+        base_warm = statistics.mean(base[1:] or base)
+        print(f"{name:<18}{cold:>9.2f}{warm:>9.2f}{sum(r['epochs']):>9.2f}{cold / base[0]:>8.2f}x"
+              f"{warm / base_warm:>8.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     models = parser.add_subparsers(dest="model", required=True)
@@ -264,7 +350,13 @@ def main() -> None:
     det.add_argument("--gpu-batch", type=int, default=32, help="batch on a GPU (the paper's)")
     det.add_argument("--gpu-steps", type=int, default=20, help="timed steps on a GPU")
     det.add_argument("--methods", default="", help="comma-separated methods (default: every registered one)")
-    det.set_defaults(run=bench_det)
+    det.add_argument("--runs", action="store_true",
+                     help="time whole train-det runs (epochs with validation) instead of single steps")
+    det.add_argument("--epochs", type=int, default=3, help="--runs: epochs per run")
+    det.add_argument("--iters", type=int, default=3, help="--runs: steps per epoch")
+    det.add_argument("--frames", type=int, default=12, help="--runs: faces per video of the sample")
+    det.add_argument("--workers", type=int, default=0, help="--runs: DataLoader workers")
+    det.set_defaults(run=lambda args: (bench_det_runs if args.runs else bench_det)(args))
     args = parser.parse_args()
     args.run(args)
 

@@ -308,6 +308,10 @@ def train_det(
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bfloat16 where supported).")] = True,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 4,
+    cache_gb: Annotated[float | None, typer.Option(
+        help="Disk (GB, all processes together) for the faces' frozen inputs in OUT/cache, e.g. LRErr's "
+             "attention maps, computed once per face (default: room for every train and val face; "
+             "0: none, recompute every time).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, batches and masks.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in --out.")] = False,
@@ -330,7 +334,7 @@ def train_det(
         methods=split_commas(methods), pretrained=pretrained, weights=str(weights) if weights else None,
         epochs=epochs, iters_per_epoch=iters_per_epoch, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, schedule=schedule, step_size=step_size, gamma=gamma, device=device,
-        amp=amp, workers=workers, resume=resume, seed=seed, overwrite=overwrite))
+        amp=amp, workers=workers, cache_gb=cache_gb, resume=resume, seed=seed, overwrite=overwrite))
     if not is_main_process():
         return
     print_counts(f"train-det complete: {out}", manifest.counts)

@@ -33,6 +33,7 @@ from torch.utils.data import default_collate
 
 from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json
 from lrerr_tools.detector.checkpoint import load_detector
+from lrerr_tools.detector.frozen_cache import FrozenCache
 from lrerr_tools.detector.overlays import pick_faces
 from lrerr_tools.detector.predict import EVAL_PRECISION, predict
 from lrerr_tools.detector.provenance import describe_split
@@ -94,6 +95,16 @@ def _csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
     return buffer.getvalue().encode()
 
 
+def _run_cache(loaded, dataset: ShardDataset) -> FrozenCache | None:
+    """The detector run's cache of frozen inputs, read-only: faces the run has seen (scoring
+    its val split) are read back; the faces of a split it never saw are each predicted once
+    here, so storing them would cost disk and save nothing."""
+    frozen = loaded.method.frozen_identity(loaded.net, loaded.context)
+    if frozen is None:
+        return None
+    return FrozenCache(loaded.run.path, frozen, dataset.shard_rows, writable=False)
+
+
 def run(cfg: ScoreConfig) -> Manifest:
     """Score `cfg.split` of the shards with the detector; returns the stage's manifest."""
     cfg.check()
@@ -118,7 +129,7 @@ def run(cfg: ScoreConfig) -> Manifest:
     method.check_data(dataset, context)
     prepare_output(out, STAGE, identity, cfg.overwrite, OUTPUTS)
     rows, _ = predict(method, net, context, dataset, batch_size=cfg.batch_size, workers=cfg.workers,
-                      device=device, desc=f"score {cfg.split}")
+                      device=device, desc=f"score {cfg.split}", cache=_run_cache(loaded, dataset))
 
     train_data = {**detector_run.manifest.extra["train_data"], "method": method.name,
                   "caveats": detector_run.manifest.extra.get("caveats", [])}  # absent in older runs

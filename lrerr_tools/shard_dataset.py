@@ -44,8 +44,9 @@ class ShardDataset(Dataset):
     subset of manipulations); `methods` filters reals and fakes alike.
 
     An item is a dict: `image` uint8 tensor (3,S,S) RGB, `label` int, `video_id` str,
-    `frame_index` int and `method` str; with `fields`, also `key_mask` bool tensor (G*G,)
-    and `landmarks` float32 tensor (68, 2) in crop pixels.
+    `frame_index` int and `method` str, `shard_sha256` str and `row` int (which face of
+    which shard it is: the name caches key faces by); with `fields`, also `key_mask` bool
+    tensor (G*G,) and `landmarks` float32 tensor (68, 2) in crop pixels.
     """
 
     def __init__(self, shard_dir: str | Path, split: str | None = "train",
@@ -70,6 +71,8 @@ class ShardDataset(Dataset):
 
         self.files: list[str] = []
         self.codecs: list[str] = []
+        self.shard_rows: dict[str, int] = {}  # sha256 → faces in that shard, for every shard read
+        self._sha256: list[str] = []  # by the shard's place in self.files
         self.video_ids: list[str] = []  # global tables the per-item arrays index into
         self.method_names: list[str] = []
         video_lookup: dict[str, int] = {}
@@ -121,6 +124,8 @@ class ShardDataset(Dataset):
             parts["video"].append(to_video[video[rows]])
             parts["method"].append(to_method[method[rows]])
             self.files.append(str(self.shard_dir / entry["file"]))
+            self._sha256.append(entry["sha256"])
+            self.shard_rows[entry["sha256"]] = len(label)
             self.codecs.append(codec.decode() if isinstance(codec, bytes) else str(codec))
         self.video_ids = list(video_lookup)
         self.method_names = list(method_lookup)
@@ -152,6 +157,8 @@ class ShardDataset(Dataset):
             "video_id": self.video_ids[self._video[index]],
             "frame_index": int(self.frame_index[index]),
             "method": self.method_names[self._method[index]],
+            "shard_sha256": self._sha256[shard],
+            "row": row,
         }
         if "key_mask" in self.fields:
             item["key_mask"] = torch.from_numpy(

@@ -111,6 +111,21 @@ class Distributed:
             warnings.simplefilter("ignore", FutureWarning)
             return torch.cat(all_gather(tensor.contiguous()))
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (batch-norm statistics) to every rank: DDP syncs them only at the
+        start of a training forward, so after the last step each rank holds its own."""
+        if self.enabled:
+            for buffer in module.buffers():
+                torch_dist.broadcast(buffer, src=0)
+
+    def gather_objects(self, obj: object) -> list:
+        """Every rank's picklable `obj`, in rank order (no gradients: for results, not losses)."""
+        if not self.enabled:
+            return [obj]
+        gathered = [None] * self.world_size
+        torch_dist.all_gather_object(gathered, obj)
+        return gathered
+
     def masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The global batch's mean of `values[mask]`, as this rank's share: the ranks' mean of
         the result (and of its gradient, which is what DDP averages) is that mean. 0, with a

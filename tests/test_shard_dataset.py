@@ -3,6 +3,7 @@ import shutil
 from collections import Counter
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -69,7 +70,11 @@ def test_items_hold_the_source_crop(shards, ok_records, ffpp_root, tmp_path_fact
         dataset[len(dataset)]
     # Only the fields asked for: a method that reads none pays for none.
     plain = ShardDataset(shards, split="val")[0]
-    assert set(plain) == {"image", "label", "video_id", "frame_index", "method"}
+    assert set(plain) == {"image", "label", "video_id", "frame_index", "method", "shard_sha256", "row"}
+    # Which face of which shard: what the detector's frozen cache names faces by.
+    entry = next(e for e in read_manifest(shards).extra["shards"] if e["sha256"] == plain["shard_sha256"])
+    with h5py.File(shards / entry["file"], "r") as f:
+        assert f["frame_index"][plain["row"]] == plain["frame_index"]
     with pytest.raises(LrerrError, match="unknown shard field 'depth'"):
         ShardDataset(shards, split="val", fields=("depth",))
 

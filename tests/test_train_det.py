@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_shard import built, shared_png_shards
@@ -24,6 +25,7 @@ from lrerr_tools.mae.train import MaeTrainConfig
 from lrerr_tools.mae.train import run as run_mae
 from lrerr_tools.manifest import content_sha256, read_manifest
 from lrerr_tools.normalization import mae_to, normalize_uint8
+from lrerr_tools.shard_dataset import ShardDataset
 from lrerr_tools.training import load_checkpoint
 from lrerr_tools.verify import verify
 
@@ -132,10 +134,10 @@ def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_
     def train_epoch(self):
         real_inputs = self.method.inputs
 
-        def inputs(net, context, batch, device, dtype):
+        def inputs(net, context, batch, *args):
             faces = list(zip(batch["video_id"], batch["frame_index"].tolist()))
             seen[self.cfg.method]["batches"].append(faces)
-            return real_inputs(net, context, batch, device, dtype)
+            return real_inputs(net, context, batch, *args)
 
         self.method.inputs = inputs  # the train batches only, not validation's
         try:
@@ -205,7 +207,7 @@ def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shard
     info, masks = seen["masks"][0]
     assert masks.sum(dim=1).tolist() == [147] * 4 and masks[:, info.key_patches].all()
     # The maps are A = 1 - (1 + cos) / 2 between the frozen extractor's features of the face
-    # and of the MAE's reconstruction, both in the backbone's normalization.
+    # and of the MAE's reconstruction, both in the backbone's normalization, kept as float16.
     batch, recon = seen["recon"][0]
     detector = load_detector(out, torch.device("cpu")).net
     extractor = make_backbone("test_resnet", pretrained=False).model.eval()
@@ -214,7 +216,7 @@ def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shard
         original = taps(normalize_uint8(batch["image"], detector.mean, detector.std))
         rebuilt = taps(mae_to(recon, detector.mean, detector.std))
     for a, f, g in zip(maps, original, rebuilt):
-        assert torch.allclose(a, local_difference_attention(f, g), atol=1e-5)
+        assert torch.allclose(a, local_difference_attention(f, g), atol=5e-4)
         assert a.max() > 0.01  # the reconstruction differs from the face
     # The frozen extractor is stored, and is the backbone's starting point, not its trained state.
     backbone, extractor = detector.backbone.state_dict(), detector.extractor.state_dict()
@@ -367,3 +369,135 @@ def test_ddp_with_two_gloo_processes(shards, mae, tmp_path, method):
     manifest = read_manifest(out)
     assert manifest.complete and manifest.extra["world_size"] == 2 and manifest.counts["steps"] == 2
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    # The ranks split validation and gather it: the logged val loss is one process's on all 22 faces.
+    from lrerr_tools.detector.predict import predict
+
+    loaded = load_detector(out, torch.device("cpu"))
+    val = ShardDataset(shards, split="val", fields=loaded.method.fields)
+    rows, logits = predict(loaded.method, loaded.net, loaded.context, val, batch_size=4, workers=0,
+                           device=torch.device("cpu"), progress=False)
+    labels = torch.tensor([r["label"] for r in rows], dtype=torch.float64)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), labels).item()
+    assert float(read_log(out)[0]["val_loss"]) == pytest.approx(loss, rel=1e-5)
+    if method == "lrerr":  # each rank keeps what it computed, in its own files
+        done = {p.parent.name: int(np.fromfile(p, np.uint8).sum()) for p in (out / "cache").glob("*/rank*/*")
+                if p.suffix == ".done"}
+        assert set(done) == {"rank0", "rank1"}
+
+
+def count_frozen_faces(monkeypatch):
+    """Every face whose frozen inputs LRErr computes, as (shard sha256, row), in order."""
+    from lrerr_tools.methods.lrerr import Lrerr
+
+    computed, real_frozen = [], Lrerr.frozen
+
+    def frozen(self, net, context, batch, device):
+        computed.extend(zip(batch["shard_sha256"], batch["row"].tolist()))
+        return real_frozen(self, net, context, batch, device)
+
+    monkeypatch.setattr(Lrerr, "frozen", frozen)
+    return computed
+
+
+def test_the_frozen_cache_changes_no_number_only_the_work(shards, mae, tmp_path, monkeypatch):
+    computed = count_frozen_faces(monkeypatch)
+    one_face = (56 * 56 + 28 * 28) * 2  # float16 maps at layer1 and layer2
+    runs = {"none": 0.0, "all": None, "five faces": 5 * one_face / 1e9}
+    work = {}
+    for name, cache_gb in runs.items():
+        computed.clear()
+        train_module.run(config(shards, tmp_path / name, mae=mae, epochs=3, iters_per_epoch=3,
+                                cache_gb=cache_gb))
+        work[name] = list(computed)
+    columns = [c for c in read_log(tmp_path / "none")[0] if c not in ("seconds", "images_per_s")]
+    logs = {name: [{k: r[k] for k in columns} for r in read_log(tmp_path / name)] for name in runs}
+    assert logs["all"] == logs["none"] == logs["five faces"] and len(logs["none"]) == 3
+    weights = {name: load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"] for name in runs}
+    for key in weights["none"]:
+        assert torch.equal(weights["all"][key], weights["none"][key]), key
+        assert torch.equal(weights["five faces"][key], weights["none"][key]), key
+    # Without a cache every epoch recomputes its 12 train and 22 val faces; with one, each face once.
+    assert len(work["none"]) == 3 * (12 + 22)
+    assert len(work["all"]) == len(set(work["all"])) == len(set(work["none"]))
+    assert len(work["all"]) < len(work["five faces"]) < len(work["none"])
+    assert not (tmp_path / "none" / "cache").exists()
+    stored = list((tmp_path / "all" / "cache").glob("*/rank0/*.done"))
+    assert sum(int(np.fromfile(f, np.uint8).sum()) for f in stored) == len(work["all"])
+
+    # A run resumed after a kill reads back what the first epoch stored: val is not recomputed.
+    stop_before_epoch(monkeypatch, 2, train_module._Trainer)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run(config(shards, tmp_path / "resumed", mae=mae, epochs=2, iters_per_epoch=3))
+    monkeypatch.undo()
+    computed = count_frozen_faces(monkeypatch)
+    train_module.run(config(shards, tmp_path / "resumed", mae=mae, epochs=2, iters_per_epoch=3, resume=True))
+    val = ShardDataset(shards, split="val")
+    val_faces = {(val[i]["shard_sha256"], val[i]["row"]) for i in range(len(val))}
+    assert computed and not val_faces & set(computed)
+    assert read_log(tmp_path / "resumed")[1]["val_loss"] == logs["none"][1]["val_loss"]
+
+
+def test_score_reads_the_runs_cache_and_scores_the_same(shards, mae, tmp_path, monkeypatch):
+    from lrerr_tools.score import ScoreConfig
+    from lrerr_tools.score import run as run_score
+
+    out = tmp_path / "run"
+    train_module.run(config(shards, out, mae=mae))
+    before = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*")}
+    probs = {}
+    for cached in (True, False):
+        if not cached:
+            shutil.rmtree(out / "cache")
+        computed = count_frozen_faces(monkeypatch)
+        score = tmp_path / f"score-{cached}"
+        run_score(ScoreConfig(shard_dir=str(shards), detector=str(out), out=str(score), split="val",
+                              device="cpu", workers=0, overlays=0))
+        probs[cached] = (score / "frames.csv").read_text()
+        assert len(computed) == (0 if cached else 22)  # the run validated on these very faces
+        monkeypatch.undo()
+        if cached:
+            assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*")} == before  # read-only
+    assert probs[True] == probs[False]
+
+
+def test_a_nan_loss_stops_the_run_naming_its_step(shards, tmp_path, monkeypatch):
+    # The loss is read back every few steps, not at each one; the stop still names the step.
+    from lrerr_tools.methods.xception import XceptionBaseline
+
+    real_losses, calls = XceptionBaseline.losses, []
+
+    def losses(self, outputs, inputs, labels, dist):
+        terms = real_losses(self, outputs, inputs, labels, dist)
+        calls.append(1)
+        return {**terms, "total": terms["total"] * float("nan")} if len(calls) == 5 else terms
+
+    monkeypatch.setattr(XceptionBaseline, "losses", losses)
+    out = tmp_path / "run"
+    with pytest.raises(LrerrError, match=r"loss became nan at epoch 2, step 5: training stopped and the "
+                                         r"last good checkpoint, .*last.pt, is kept"):
+        train_module.run(config(shards, out, "xception", epochs=2, iters_per_epoch=3))
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_a_face_drawn_twice_into_one_batch_is_computed_once(tmp_path):
+    from lrerr_tools.detector.frozen_cache import FrozenCache
+
+    def batch(rows):
+        return {"shard_sha256": ["ab" * 32] * len(rows), "row": torch.tensor(rows),
+                "image": torch.tensor(rows, dtype=torch.float32)}
+
+    computed = []
+
+    def compute(faces):  # a value per face that shows which face it is
+        computed.extend(faces["row"].tolist())
+        return [faces["image"][:, None, None].expand(-1, 2, 3) * 0.5]
+
+    cache = FrozenCache(tmp_path, {"test": 1}, {"ab" * 32: 5})
+    for rows in ([3, 1, 3], [1, 4, 4, 3], [4, 1]):  # the very first batch already repeats a face
+        (values,) = cache.fetch(batch(rows), compute)
+        assert values.dtype == torch.float16 and values.shape == (len(rows), 2, 3)
+        assert values[:, 0, 0].tolist() == [r * 0.5 for r in rows]
+    assert computed == [3, 1, 4]
+    cache.commit()
+    reopened = FrozenCache(tmp_path, {"test": 1}, {"ab" * 32: 5}, writable=False)
+    assert reopened.fetch(batch([4, 3]), compute)[0][:, 0, 0].tolist() == [2.0, 1.5] and computed == [3, 1, 4]

@@ -14,7 +14,12 @@ would). After each, the val split is scored and best.pt follows the frame-level 
 rather than video level because it rests on every face, not on a few dozen video means; the
 video AUC is logged beside it. With one class or none in val, best.pt follows the train loss.
 `val_loss` is the BCE of the val logits, whatever the method trains with.
-Runs plainly or under `torchrun` (DDP); `--batch-size` is the global batch.
+Runs plainly or under `torchrun` (DDP); `--batch-size` is the global batch. Under DDP each
+rank validates every world_size-th val face and the ranks' scores are gathered.
+
+A method's frozen part (`Method.frozen`; LRErr's attention maps) is computed once per face
+and kept in RUN/cache (`detector/frozen_cache.py`, bounded by `--cache-gb`), for the later
+epochs, a `--resume` and `score`.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm import tqdm
 
 from lrerr_tools.detector.checkpoint import STAGE, check_same_parent, open_parents
-from lrerr_tools.detector.predict import EVAL_PRECISION, predict
+from lrerr_tools.detector.frozen_cache import FrozenCache
+from lrerr_tools.detector.predict import EVAL_PRECISION, eval_loader, predict, prepared_inputs
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import Manifest, StageDir, write_stage
@@ -63,6 +69,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_STREAM = 0  # seed part of the batch draws (reconstruction masks use 1)
 VAL_LEVEL = "frame"
+FINITE_CHECK_EVERY = 20  # steps between NaN/inf checks of the loss (each one waits for the device)
 VAL_FIELDS = ["val_loss", "val_acc", "val_auc", "val_video_auc"]
 RECIPE_FIELDS = tuple(f.name for f in fields(OptimizerDefaults))
 
@@ -96,13 +103,15 @@ class DetTrainConfig:
     device: str = "auto"
     amp: bool = True
     workers: int = 4
+    cache_gb: float | None = None  # None: room for every train and val face; 0: no cache
     resume: bool = False
     seed: int = 0
     overwrite: bool = False
 
     # How and where a run goes, not what it computes: a resume may change them. Parent runs
     # are identified by their manifest hashes (checked separately), not by where they lie.
-    RUN_OPTIONS = ("shard_dir", "out", "parents", "device", "amp", "workers", "resume", "overwrite")
+    RUN_OPTIONS = ("shard_dir", "out", "parents", "device", "amp", "workers", "cache_gb", "resume",
+                   "overwrite")
 
     def identity(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUN_OPTIONS}
@@ -135,6 +144,8 @@ class DetTrainConfig:
             raise LrerrError(f"--gamma must be in (0, 1] (got {self.gamma})")
         if self.workers < 0:
             raise LrerrError("--workers must be 0 or more")
+        if self.cache_gb is not None and not self.cache_gb >= 0:
+            raise LrerrError(f"--cache-gb must be 0 or more (got {self.cache_gb})")
         if self.methods is not None:
             if not self.methods:
                 raise LrerrError("--methods: name at least one fake method, or leave it out for all")
@@ -163,6 +174,23 @@ def _datasets(shards: StageDir, methods: list[str] | None,
         what = f"only {'real' if counts[1] == 0 else 'fake'} val faces" if counts.sum() else "no val faces"
         log.info("%s: the val AUC is undefined, so best.pt follows the lowest train loss", what)
     return train, val
+
+
+class _EpochDraws(Sampler):
+    """The balanced draws of one epoch, reseeded by `set_seed` before each: the DataLoader,
+    and with it its workers, lives for the whole run."""
+
+    def __init__(self, dataset: ShardDataset, num_samples: int):
+        self.dataset, self.num_samples, self._draws = dataset, num_samples, None
+
+    def set_seed(self, seed: int) -> None:
+        self._draws = balanced_sampler(self.dataset, self.num_samples, seed=seed)
+
+    def __iter__(self):
+        return iter(self._draws)
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class _Trainer:
@@ -209,47 +237,81 @@ class _Trainer:
             self.history = state.checkpoint["extra"]["history"]
             log.info("resuming %s after epoch %d (step %d)", self.out, self.epoch, self.step)
         self.model = wrap_model(self.net, self.dist, self.device)
+        self.cache = self._frozen_cache()
+        pin = self.device.type == "cuda"
+        self.draws = _EpochDraws(self.train, cfg.iters_per_epoch * self.rank_batch)
+        self.train_loader = DataLoader(self.train, batch_size=self.rank_batch, sampler=self.draws,
+                                       num_workers=cfg.workers, pin_memory=pin,
+                                       persistent_workers=cfg.workers > 0)
+        # Every world_size-th face: the ranks share validation, and each sees the same faces
+        # every epoch, so its own cache holds them.
+        self.val_part = Subset(self.val, range(self.dist.rank, len(self.val), self.dist.world_size))
+        self.val_loader = eval_loader(self.val_part, batch_size=self.rank_batch, workers=cfg.workers,
+                                      device=self.device, persistent=True)
+
+    def _frozen_cache(self) -> FrozenCache | None:
+        identity = self.method.frozen_identity(self.net, self.context)
+        if identity is None or self.cfg.cache_gb == 0:
+            return None
+        budget = None if self.cfg.cache_gb is None else self.cfg.cache_gb * 1e9 / self.dist.world_size
+        return FrozenCache(self.out, identity, {**self.train.shard_rows, **self.val.shard_rows},
+                           rank=self.dist.rank, budget_bytes=budget)
 
     def train_epoch(self) -> tuple[dict, float, int]:
         """Mean train loss, terms and accuracy, seconds and images of one epoch (over all processes)."""
         cfg, dist, method = self.cfg, self.dist, self.method
-        seed = seeded_generator(cfg.seed, SAMPLE_STREAM, self.epoch, dist.rank).initial_seed()
-        sampler = balanced_sampler(self.train, cfg.iters_per_epoch * self.rank_batch, seed=seed)
-        loader = DataLoader(self.train, batch_size=self.rank_batch, sampler=sampler, num_workers=cfg.workers,
-                            pin_memory=self.device.type == "cuda")
+        self.draws.set_seed(seeded_generator(cfg.seed, SAMPLE_STREAM, self.epoch, dist.rank).initial_seed())
         bar = tqdm(total=cfg.iters_per_epoch * cfg.batch_size, unit="img", leave=False, dynamic_ncols=True,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not dist.is_main)
         self.model.train()
-        losses, sums, start = [], 0.0, time.perf_counter()
-        for batch in loader:
-            inputs = method.inputs(self.net, self.context, batch, self.device, self.dtype)
+        totals, sums, start = [], 0.0, time.perf_counter()
+        for batch in self.train_loader:
+            inputs = prepared_inputs(method, self.net, self.context, batch, self.device, self.dtype,
+                                     self.cache)
             labels = batch["label"].to(self.device).float()
             with autocast(self.device, self.dtype):
                 outputs = self.model(inputs)
             terms = method.losses(outputs, inputs, labels, dist)
-            value = dist.mean(terms["total"].detach()).item()
-            check_finite(value, self.epoch + 1, self.step + 1, last_checkpoint(self.out))
+            totals.append(dist.mean(terms["total"].detach().float()))
             backward_step(terms["total"], self.optimizer, self.scaler)
             self.scheduler.step()
             self.step += 1
-            losses.append(value)
             correct = ((outputs["logit"].detach() >= 0) == labels.bool()).float().mean()
             # One reduction for all the logged numbers, and no host sync: they are read at the end.
             logged = torch.stack([*(terms[t].detach().float() for t in method.loss_terms), correct])
             sums = dist.mean(logged) + sums
             bar.update(cfg.batch_size)
-            bar.set_postfix(loss=f"{value:.4f}")
+            if len(totals) % FINITE_CHECK_EVERY == 0 or len(totals) == cfg.iters_per_epoch:
+                self._check_finite(totals)
+                bar.set_postfix(loss=f"{float(totals[-1]):.4f}")
         bar.close()
         names = [*method.loss_terms, "acc"]
-        means = {"train_loss": float(np.mean(losses)),
-                 **{f"train_{name}": float(total) / len(losses) for name, total in zip(names, sums.tolist())}}
+        means = {"train_loss": float(torch.stack(totals).double().mean()),
+                 **{f"train_{name}": float(total) / len(totals) for name, total in zip(names, sums.tolist())}}
         return means, time.perf_counter() - start, cfg.iters_per_epoch * cfg.batch_size
 
+    def _check_finite(self, totals: list[torch.Tensor]) -> None:
+        """Stop on the first NaN/inf loss of the steps since the last check, naming its step.
+        Checked every few steps, not each one, so that the GPU need not wait for the host."""
+        window = torch.stack(totals[-FINITE_CHECK_EVERY:]).cpu()
+        bad = (~torch.isfinite(window)).nonzero()
+        if len(bad):
+            first = int(bad[0])
+            check_finite(float(window[first]), self.epoch + 1, self.step - len(window) + first + 1,
+                         last_checkpoint(self.out))
+
     def validate(self) -> dict:
+        """The val metrics, on every rank: each scores its part, and the parts are gathered."""
         if len(self.val) == 0:
             return dict.fromkeys(VAL_FIELDS)
-        rows, logits = predict(self.method, self.net, self.context, self.val, batch_size=self.rank_batch,
-                               workers=self.cfg.workers, device=self.device, desc="val")
+        self.dist.broadcast_buffers(self.net)  # every rank validates the weights rank 0 saves
+        part = predict(self.method, self.net, self.context, self.val_part, batch_size=self.rank_batch,
+                       workers=self.cfg.workers, device=self.device, desc="val", progress=self.dist.is_main,
+                       loader=self.val_loader, cache=self.cache)
+        rows, logits = [None] * len(self.val), np.zeros(len(self.val))
+        for rank, (rank_rows, rank_logits) in enumerate(self.dist.gather_objects(part)):
+            rows[rank::self.dist.world_size] = rank_rows
+            logits[rank::self.dist.world_size] = rank_logits
         labels = np.array([r["label"] for r in rows], dtype=np.float64)
         loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)).item()
         metrics = compute_metrics(rows)
@@ -263,8 +325,11 @@ class _Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             train, seconds, images = self.train_epoch()
             self.epoch += 1
+            val = self.validate()
+            if self.cache is not None:
+                self.cache.commit()
             if dist.is_main:
-                record = {"epoch": self.epoch, "step": self.step, **train, **self.validate(), "lr": lr,
+                record = {"epoch": self.epoch, "step": self.step, **train, **val, "lr": lr,
                           "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 2)}
                 self.history.append(record)
                 logger.log(record)

@@ -195,8 +195,8 @@ class MaskedAutoencoder(nn.Module):
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The image the detector compares with its input, (B, 3, 224, 224), MAE-normalized:
         the visible patches are the input's own pixels (bit for bit), the masked ones the
-        prediction."""
-        pred, _ = self.forward(images, mask)
+        prediction. No loss: nobody reads it here."""
+        pred = self.forward_decoder(self.forward_encoder(images, mask), mask)
         return self.paste(images, pred, mask)
 
     def paste(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,9 @@ A method is one subclass of `Method` in its own module of this package, register
     net = method.build()                       # architecture, random init (the trainer seeds first)
     method.check_start(pretrained, weights)    # refuse a meaningless start, before any work
     method.init(net, pretrained, weights)      # pretrained weights, fresh runs only
-    inputs = method.inputs(net, context, batch, device, dtype)   # no grad: shard batch → model inputs
+    identity = method.frozen_identity(net, context)   # None: no per-face frozen part to cache
+    frozen = method.frozen(net, context, batch, device)   # a function of each face alone (cached)
+    inputs = method.inputs(net, context, batch, device, dtype, frozen)  # no grad: shard batch → model inputs
     outputs = net(inputs)                      # {"logit": (B,), ...auxiliary outputs}
     terms = method.losses(outputs, inputs, labels, dist)        # {"total": ..., named terms}
 
@@ -172,8 +174,22 @@ class Method:
     def check_data(self, dataset, context) -> None:
         """Refuse, in one line, shards this method cannot read (e.g. another face size)."""
 
-    def inputs(self, net, context, batch: dict, device, dtype) -> dict:
-        """A shard batch (uint8 faces) as the network's inputs, without gradients."""
+    def frozen_identity(self, net, context) -> dict | None:
+        """What `frozen` depends on besides the face (hashes of the frozen models, seeds), which
+        names its cache (`detector/frozen_cache.py`); None: the method has no frozen part."""
+        return None
+
+    def frozen(self, net, context, batch: dict, device) -> list:
+        """The part of the inputs that is a function of each face alone, given
+        `frozen_identity`: (B, ...) tensors, computed at full precision (EVAL_PRECISION) in
+        training, validation and `score` alike, so a face's cached values serve all three.
+        Only called when `frozen_identity` is not None."""
+        raise NotImplementedError
+
+    def inputs(self, net, context, batch: dict, device, dtype, frozen: list | None = None) -> dict:
+        """A shard batch (uint8 faces) as the network's inputs, without gradients. `frozen`:
+        the batch's `frozen` values as float16 (read from the cache, or just computed and
+        rounded); None: the method computes them itself."""
         raise NotImplementedError
 
     def losses(self, outputs: dict, inputs: dict, labels, dist) -> dict:

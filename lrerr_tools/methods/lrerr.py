@@ -11,6 +11,7 @@ is the Xception baseline, whose options and recipe it shares.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -24,7 +25,9 @@ from lrerr_tools.attention import (
     resolve_layers,
 )
 from lrerr_tools.blocks.timm_classifier import TimmClassifier
+from lrerr_tools.detector.frozen_cache import rounded
 from lrerr_tools.detector.overlays import heat_panels, image_panels, layout
+from lrerr_tools.detector.predict import EVAL_PRECISION
 from lrerr_tools.detector.reconstruction import Reconstructor, load_reconstructor
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.checkpoint import MaeInfo
@@ -34,7 +37,6 @@ from lrerr_tools.methods import register
 from lrerr_tools.methods.base import Option, Parent
 from lrerr_tools.methods.xception import BACKBONE, XceptionBaseline
 from lrerr_tools.normalization import from_mae, mae_to
-from lrerr_tools.training import autocast
 
 
 class _AllTapped(Exception):
@@ -135,23 +137,41 @@ class Lrerr(XceptionBaseline):
     def check_data(self, dataset, context: Reconstructor) -> None:
         context.check(dataset)
 
-    def inputs(self, net: LrerrNet, context: Reconstructor, batch: dict, device, dtype) -> dict:
-        """The faces go to both backbones as they are; the reconstruction is converted from the
-        MAE's ImageNet normalization to the backbone's."""
+    def frozen_identity(self, net: LrerrNet, context: Reconstructor) -> dict:
+        """The maps of a face follow from its pixels, the MAE run, the mask seed and the
+        frozen extractor's weights at the tapped layers; the cache is keyed by all of them."""
+        weights = hashlib.sha256()
+        for name, tensor in net.extractor.state_dict().items():
+            weights.update(name.encode())
+            weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return {"method": self.name, "mae_sha256": context.info.sha256, "mask_seed": context.seed,
+                "extractor_sha256": weights.hexdigest(), "backbone": net.name, "layers": list(net.layers),
+                "precision": EVAL_PRECISION}
+
+    @torch.no_grad()
+    def frozen(self, net: LrerrNet, context: Reconstructor, batch: dict, device) -> list[torch.Tensor]:
+        """The attention maps, at full precision whatever the run's AMP: the reconstruction,
+        converted from the MAE's ImageNet normalization to the backbone's, against the face."""
+        images = super().inputs(net, context, batch, device, None)["images"]
+        recon = context.reconstruct(batch, device)
+        return net.attention_maps(images, mae_to(recon, net.mean, net.std))
+
+    def inputs(self, net: LrerrNet, context: Reconstructor, batch: dict, device, dtype, frozen=None) -> dict:
+        """The faces go to the trainable backbone as they are, with the maps that scale it."""
         inputs = super().inputs(net, context, batch, device, dtype)
-        with torch.no_grad(), autocast(device, dtype):
-            recon = context.reconstruct(batch, device).float()
-            maps = net.attention_maps(inputs["images"], mae_to(recon, net.mean, net.std))
-        return {**inputs, "recon": recon, "maps": maps}
+        maps = rounded(self.frozen(net, context, batch, device)) if frozen is None else frozen
+        # float16 values are exact in float32; the injector casts them to the layer's dtype
+        return {**inputs, "maps": [a.to(device, torch.float32, non_blocking=True) for a in maps]}
 
     @torch.no_grad()
     def figure(self, net: LrerrNet, context: Reconstructor, batch: dict, probs: Sequence[float], device):
         """face | MAE reconstruction | each layer's A over the face. A map's colours span 0 to
         the largest A of that layer over all the rows, so real and fake rows compare by eye."""
-        inputs = self.inputs(net, context, batch, device, None)
+        maps = self.inputs(net, context, batch, device, None)["maps"]
+        recon = context.reconstruct(batch, device)
         faces = image_panels(batch["image"])
-        columns = [("face", faces), ("MAE reconstruction", image_panels(from_mae(inputs["recon"]) * 255))]
-        for name, a in zip(net.layers, inputs["maps"]):
+        columns = [("face", faces), ("MAE reconstruction", image_panels(from_mae(recon) * 255))]
+        for name, a in zip(net.layers, maps):
             top = max(float(a.max()), 1e-6)
             columns.append((f"A {name} (0-{top:.3f})", heat_panels(faces, a / top)))
         return layout(columns, batch, probs)

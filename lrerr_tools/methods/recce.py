@@ -62,7 +62,7 @@ class Recce(Method):
         source = make_backbone("legacy_xception", pretrained=True, weights=weights).model
         load_legacy_xception(net.encoder, source.state_dict())
 
-    def inputs(self, net: RecceNet, context, batch: dict, device, dtype) -> dict:
+    def inputs(self, net: RecceNet, context, batch: dict, device, dtype, frozen=None) -> dict:
         return {"images": normalize_uint8(batch["image"].to(device, non_blocking=True), net.mean, net.std)}
 
     def losses(self, outputs: dict, inputs: dict, labels: torch.Tensor, dist) -> dict:

@@ -27,7 +27,7 @@ class XceptionBaseline(Method):
     def init(self, net: TimmClassifier, pretrained: bool, weights: str | None) -> None:
         load_pretrained(net.backbone, net.name, pretrained, weights)
 
-    def inputs(self, net, context, batch: dict, device, dtype) -> dict:
+    def inputs(self, net, context, batch: dict, device, dtype, frozen=None) -> dict:
         return {"images": normalize_uint8(batch["image"].to(device, non_blocking=True), net.mean, net.std)}
 
     def losses(self, outputs: dict, inputs: dict, labels: torch.Tensor, dist) -> dict:
