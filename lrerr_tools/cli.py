@@ -248,6 +248,9 @@ def train_mae(
     colour_jitter: Annotated[float, typer.Option(
         help="Per-face colour jitter in training, strength in [0, 1): gains, gamma and offset "
              "(0: none, as in the paper).")] = 0.0,
+    flip: Annotated[float, typer.Option(
+        help="Probability of mirroring a training face, with its key region (0: never, as in the "
+             "paper).")] = 0.0,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in --out.")] = False,
 ) -> None:
     """Train the masked autoencoder on real train faces with key-region masking (paper §III.B).
@@ -263,7 +266,7 @@ def train_mae(
         lr=lr, optimizer=optimizer, warmup_epochs=warmup_epochs, mask_ratio=mask_ratio,
         key_mask_ratio=key_mask_ratio, key_region=key_region, norm_pix=norm_pix, init=init,
         device=device, amp=amp, workers=workers, resume=resume, seed=seed, max_steps=max_steps,
-        eval_every=eval_every, colour_jitter=colour_jitter, overwrite=overwrite))
+        eval_every=eval_every, colour_jitter=colour_jitter, flip=flip, overwrite=overwrite))
     if not is_main_process():
         return
     print_counts(f"train-mae complete: {out}", manifest.counts)

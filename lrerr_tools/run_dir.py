@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from lrerr_tools.atomic_io import remove_temp_files
@@ -68,10 +68,12 @@ def clear_run(out: Path, stage_outputs: tuple[str, ...] = (), stage: str | None 
 
 
 def inspect_run(out: Path, stage: str, identity: dict, parent: dict, resume: bool,
-                stage_outputs: tuple[str, ...] = ()) -> RunState:
+                stage_outputs: tuple[str, ...] = (), defaults: dict | None = None) -> RunState:
     """Decide how a run with `identity` (the config fields that change the result) on
     `parent` may use `out`, or refuse in one line. A directory holding only run outputs but
-    no checkpoint (a run stopped in its first epoch) starts afresh."""
+    no checkpoint (a run stopped in its first epoch) starts afresh. A field missing from an
+    older checkpoint's config was added since, and a new field's default always does what
+    runs did before it (`defaults`), so the old run matches while that default is chosen."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LrerrError(f"--out {out}: exists and is not a directory")
@@ -90,7 +92,8 @@ def inspect_run(out: Path, stage: str, identity: dict, parent: dict, resume: boo
             log.info("--resume: %s holds no checkpoint yet, starting from the beginning", out)
         return RunState()
     checkpoint = load_checkpoint(last)
-    changed = sorted(k for k in identity if checkpoint["config"].get(k) != identity[k])
+    stored = {**{k: v for k, v in (defaults or {}).items() if k in identity}, **checkpoint["config"]}
+    changed = sorted(k for k in identity if stored.get(k) != identity[k])
     stored_parent = checkpoint["parent"] or {}
     what = None
     if changed:
@@ -133,7 +136,9 @@ def run_training(cfg, stage: str, make_trainer: Callable, stage_outputs: tuple[s
             clear_run(out, stage_outputs, stage)
         dist.barrier()
         trainer = make_trainer(cfg, shards, dist, device)
-        state = inspect_run(out, stage, cfg.identity(), shards.as_parent(out), cfg.resume, stage_outputs)
+        defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
+        state = inspect_run(out, stage, cfg.identity(), shards.as_parent(out), cfg.resume, stage_outputs,
+                            defaults)
         found = state.finished.extra if state.finished is not None else (
             state.checkpoint["extra"] if state.checkpoint is not None else None)
         if check_found is not None and found is not None:

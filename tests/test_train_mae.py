@@ -361,3 +361,37 @@ def test_a_jittered_run_resumes_exactly(shards, tmp_path, monkeypatch):
     train_module.run(config(shards, resumed, resume=True, **settings))
     a, b = (load_checkpoint(run / "checkpoints" / "last.pt")["model"] for run in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_flip_mirrors_each_face_with_its_key_region_and_nothing_at_zero():
+    from lrerr_tools.mae.augment import horizontal_flip
+    from lrerr_tools.training import seeded_generator
+
+    faces = torch.arange(2 * 3 * 28 * 28, dtype=torch.float32).reshape(2, 3, 28, 28)
+    key = torch.zeros(2, 4, dtype=torch.bool)  # a 2x2 patch grid of 14 px patches
+    key[:, 0] = True  # the top-left patch
+    generator = seeded_generator(0)
+    state = generator.get_state()
+    same, same_key = horizontal_flip(faces, key, 0.0, generator)
+    assert same is faces and same_key is key
+    assert torch.equal(generator.get_state(), state)  # runs without flips keep their stream
+    mirrored, mirrored_key = horizontal_flip(faces, key, 1.0, generator)
+    assert torch.equal(mirrored, faces.flip(-1))
+    assert mirrored_key[:, 1].all() and mirrored_key.sum() == 2  # now the top-right patch
+    some, some_key = horizontal_flip(faces.repeat(32, 1, 1, 1), key.repeat(32, 1), 0.5, seeded_generator(1))
+    flipped = some_key[:, 1]
+    assert 0 < flipped.sum() < 64  # some faces, not all
+    assert torch.equal(some[flipped], faces.repeat(32, 1, 1, 1)[flipped].flip(-1))
+    assert torch.equal(some[~flipped], faces.repeat(32, 1, 1, 1)[~flipped])
+
+
+def test_a_run_from_before_an_option_resumes_while_the_option_keeps_its_default(unfinished, shards,
+                                                                                tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(unfinished, old)
+    checkpoint = load_checkpoint(old / "checkpoints" / "last.pt")
+    del checkpoint["config"]["flip"]  # as written before --flip existed
+    torch.save(checkpoint, old / "checkpoints" / "last.pt")
+    with pytest.raises(LrerrError, match=r"cannot --resume: .* another config \(differs in flip\)"):
+        train_module.run(config(shards, old, flip=0.5, resume=True))
+    assert train_module.run(config(shards, old, resume=True)).complete

@@ -1,9 +1,14 @@
-"""Colour jitter for MAE training, on the device and from a seeded generator (so a resumed
-run draws the same numbers). Faces of one video share a white balance and exposure; an MAE
-that has seen few videos then paints masked patches in its training videos' colours instead
-of taking them from the visible patches. Per-image gains, gamma and offset (the changes a
-camera makes) teach it to take them from the face in front of it, and keep the alignment
-the key region relies on, as flips and crops would not.
+"""Augmentations for MAE training, on the device and from the run's seeded generator (so a
+resumed run draws the same numbers). Both keep the alignment the key region relies on, as
+crops would not.
+
+- Colour jitter: faces of one video share a white balance and exposure; an MAE that has seen
+  few videos then paints masked patches in its training videos' colours instead of taking
+  them from the visible patches. Per-image gains, gamma and offset (the changes a camera
+  makes) teach it to take them from the face in front of it.
+- Horizontal flip: the alignment template is left-right symmetric, so a mirrored aligned
+  face is an aligned face, and its key region is the mirrored patch grid. Without it, an MAE
+  that saw one orientation of few people reconstructs the other badly.
 """
 
 from __future__ import annotations
@@ -24,3 +29,18 @@ def colour_jitter(images: torch.Tensor, strength: float, generator: torch.Genera
     offset = (64 * strength * spread[:, 4])[:, None, None, None]
     jittered = 255 * (images.float() / 255).pow(gamma) * gains + offset
     return jittered.round().clamp(0, 255).to(torch.uint8)
+
+
+def horizontal_flip(images: torch.Tensor, key_masks: torch.Tensor, probability: float,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Faces (B, C, H, W) and their key regions (B, G·G) bool, each pair mirrored left-right
+    with `probability`; 0 returns them as they are and draws nothing, so runs without flips
+    keep their random stream."""
+    if probability == 0:
+        return images, key_masks
+    b, n = key_masks.shape
+    grid = round(n ** 0.5)
+    flip = torch.rand(b, generator=generator, device=generator.device).to(images.device) < probability
+    mirrored_masks = key_masks.reshape(b, grid, grid).flip(-1).reshape(b, n)
+    return (torch.where(flip[:, None, None, None], images.flip(-1), images),
+            torch.where(flip.to(key_masks.device)[:, None], mirrored_masks, key_masks))

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.mae.augment import colour_jitter
+from lrerr_tools.mae.augment import colour_jitter, horizontal_flip
 from lrerr_tools.mae.evaluate import VAL_METRICS, evaluate
 from lrerr_tools.mae.grid import reconstruction_grid, write_grid
 from lrerr_tools.mae.masking import MaskingSettings, key_masks_for, key_region_mask, uncovered_key_region
@@ -100,6 +100,8 @@ class MaeTrainConfig:
     # Strength of per-face colour jitter in training (lrerr_tools/mae/augment.py); 0, the
     # paper's (which names no augmentation), leaves the faces as they are.
     colour_jitter: float = 0.0
+    # Probability of mirroring a training face and its key region (augment.py); 0, the paper's.
+    flip: float = 0.0
     overwrite: bool = False
 
     # How and where a run goes, not what it computes: a resume may change them.
@@ -124,6 +126,8 @@ class MaeTrainConfig:
                 raise LrerrError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise LrerrError("--max-steps must be at least 1")
+        if not 0 <= self.flip <= 1:
+            raise LrerrError(f"--flip must be a probability in [0, 1] (got {self.flip})")
         if not 0 <= self.colour_jitter < 1:
             raise LrerrError(f"--colour-jitter must be in [0, 1) (got {self.colour_jitter})")
         if self.eval_every is not None and self.eval_every < 1:
@@ -229,8 +233,9 @@ class _Trainer:
             if i == self.steps_per_epoch:
                 break
             key = key_masks_for(batch["key_mask"], self.patches, cfg.key_region)
-            mask = key_region_mask(key, cfg.mask_ratio, cfg.key_mask_ratio, generator).to(self.device)
             faces = batch["image"].to(self.device, non_blocking=True)
+            faces, key = horizontal_flip(faces, key, cfg.flip, generator)
+            mask = key_region_mask(key, cfg.mask_ratio, cfg.key_mask_ratio, generator).to(self.device)
             images = to_mae_input(colour_jitter(faces, cfg.colour_jitter, generator))
             with autocast(self.device, self.dtype):
                 _, loss = self.model(images, mask)
