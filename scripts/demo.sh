@@ -13,11 +13,12 @@ case ${1:-} in
     -*) die "unknown argument '$1' (the one argument is the work directory)" ;;
 esac
 work=${1:-demo-out}
-# A tiny MAE for 100 short epochs (the MAE recipe: AdamW, warm-up, cosine; colour jitter,
-# as the sample has few real videos) and 10 detector steps from random weights (nothing is
-# downloaded): every stage at work, and an MAE that paints faces, if blurred ones.
+# A tiny MAE for 100 short epochs (the MAE recipe: AdamW, warm-up, cosine; colour jitter and
+# flips, as the sample's two real train videos share one orientation and the val ones the
+# other) and 10 detector steps from random weights (nothing is downloaded): every stage at
+# work, and an MAE that paints faces, if blurred ones.
 : "${FRAMES:=8}" "${MAE_EPOCHS:=100}" "${MAE_STEPS:=20}" "${DET_ITERS:=10}" "${JOBS:=2}"
-: "${MAE_ARGS=--optimizer adamw --lr 1.5e-3 --warmup-epochs 5 --eval-every 25 --colour-jitter 0.3}"
+: "${MAE_ARGS=--optimizer adamw --lr 1.5e-3 --warmup-epochs 5 --eval-every 25 --colour-jitter 0.3 --flip 0.5}"
 : "${METHOD:=lrerr,xception,recce}"
 parse_args --ffpp "$work/sample" --work "$work" --profile tiny
 
