@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_shards.py
 	$(PY) benchmarks/bench_train.py mae
 	$(PY) benchmarks/bench_train.py det
+	$(PY) benchmarks/bench_train.py moco
 	$(PY) benchmarks/bench_scripts.py
 
 clean-demo:

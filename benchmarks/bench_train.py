@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py mae [--presets tiny,base] [--steps 5] [--batch 8]
     python benchmarks/bench_train.py det [--methods lrerr,recce,xception] [--steps 3] [--cpu-batch 8]
     python benchmarks/bench_train.py det --runs [--epochs 3] [--iters 3] [--frames 12]
+    python benchmarks/bench_train.py moco [--steps 3] [--cpu-batch 8]
 
 `mae`: one train-mae step (key-region masking at 0.75, forward, loss on the masked patches,
 backward, Adam) against the plain encoder's forward+backward (+ Adam on its weights) on all
@@ -26,6 +27,12 @@ columns say how much slower than Xception each method is.
 `det --runs`: whole 3-epoch `train-det` runs (training steps and val pass) of LRErr, with its
 frozen cache and with `--cache-gb 0`, against Xception on the same synthetic shards: each
 epoch's wall time, cold (epoch 1) and warm (the later ones).
+
+`moco`: one train-moco step at MoCo v2's settings (two aug-plus views of 224 px random uint8
+faces made on the device, the query encoder's forward and backward, the momentum update, the
+shuffled key encoder, InfoNCE against a queue of 65536, SGD) against one supervised step of the
+Xception baseline (`det`'s) at the same batch: 'prep' is the augmentation (nothing for
+Xception), 'step' the rest.
 
 A subcommand per model: add one with its own `add_parser` and bench function.
 """
@@ -250,6 +257,76 @@ def bench_det(args: argparse.Namespace) -> None:
                   f"{train:>8.2f}x{score:>8.2f}x{memory:>14}")
 
 
+def moco_case(device_name: str, batch: int, warmup: int, steps: int) -> dict:
+    """One train-moco step, in a fresh process, timed as `det_case` times a method's."""
+    from lrerr_tools.moco.augment import aug_plus
+    from lrerr_tools.moco.model import Moco
+    from lrerr_tools.moco.train import MocoTrainConfig
+    from lrerr_tools.normalization import normalize_uint8
+    from lrerr_tools.training import (
+        amp_dtype,
+        autocast,
+        backward_step,
+        build_optimizer,
+        grad_scaler,
+        seeded_generator,
+    )
+
+    device = torch.device(device_name)
+    rss_before = _peak_rss_mb()
+    torch.manual_seed(0)
+    cfg = MocoTrainConfig(shard_dir="", out="", batch_size=batch)
+    splits = next(n for n in (cfg.bn_splits, 4, 2, 1) if batch % n == 0)  # the most that divide the batch
+    model = Moco(queue_size=cfg.queue_size, bn_splits=splits)
+    model.to(device).train()
+    faces = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8).to(device)
+    dtype = amp_dtype(device, amp=True)
+    scaler = grad_scaler(device, dtype)
+    optimizer = build_optimizer(model, "sgd", cfg.scaled_lr, weight_decay=cfg.weight_decay)
+    generator, state = seeded_generator(0), {}
+
+    def prepare():
+        state["inputs"] = {name: normalize_uint8(aug_plus(faces, 224, generator) * 255, Moco.mean, Moco.std)
+                           for name in ("query", "key")}
+        state["inputs"]["shuffle"] = torch.randperm(batch, generator=generator).to(device)
+
+    def train_step():
+        with autocast(device, dtype):
+            loss = model(state["inputs"])["loss"]
+        backward_step(loss, optimizer, scaler)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    prep_s, step_s = _time_steps([prepare, train_step], device, warmup, steps)
+    result = {"method": "moco", "device": device_name, "batch": batch, "steps": steps, "prep_s": prep_s,
+              "step_s": step_s, "train_img_s": batch / (prep_s + step_s)}
+    if device.type == "cuda":
+        result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        result["peak_mb"] = _peak_rss_mb()
+        result["added_mb"] = result["peak_mb"] - rss_before
+    return result
+
+
+def bench_moco(args: argparse.Namespace) -> None:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, torch {torch.__version__}")
+    print("224 px, random weights; medians. 'prep': MoCo's two aug-plus views (none for Xception); 'step': "
+          "forward+loss+backward+optimizer (MoCo: and the key encoder). Ratio: Xception img/s / MoCo's")
+    print(f"{'device':<7}{'batch':>6}{'steps':>6}{'run':>10}{'prep s':>8}{'step s':>8}{'train img/s':>13}"
+          f"{'×':>8}{'peak MB':>14}")
+    for device in devices:
+        batch = args.gpu_batch if device == "cuda" else args.cpu_batch
+        steps = args.gpu_steps if device == "cuda" else args.steps
+        base = run_isolated(det_case, BASELINE, device, batch, args.warmup, steps)
+        moco = run_isolated(moco_case, device, batch, args.warmup, steps)
+        for r in (base, moco):
+            memory = f"{r['peak_mb']:.0f}" + (f" (+{r['added_mb']:.0f})" if "added_mb" in r else "")
+            print(f"{device:<7}{batch:>6}{steps:>6}{r['method']:>10}{r['prep_s']:>8.3f}{r['step_s']:>8.3f}"
+                  f"{r['train_img_s']:>13.1f}{base['train_img_s'] / r['train_img_s']:>7.2f}x{memory:>14}")
+
+
 def run_case(method: str, shards: str, mae: str, out: str, overrides: dict) -> dict:
     """One whole `train-det` run, in a fresh process: the wall time of each epoch, from the
     start of its training steps to the end of its validation pass."""
@@ -357,6 +434,13 @@ def main() -> None:
     det.add_argument("--frames", type=int, default=12, help="--runs: faces per video of the sample")
     det.add_argument("--workers", type=int, default=0, help="--runs: DataLoader workers")
     det.set_defaults(run=lambda args: (bench_det_runs if args.runs else bench_det)(args))
+    moco = models.add_parser("moco", help="train-moco step vs a supervised Xception step")
+    moco.add_argument("--steps", type=int, default=3, help="timed steps on the CPU")
+    moco.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    moco.add_argument("--cpu-batch", type=int, default=8, help="batch on the CPU")
+    moco.add_argument("--gpu-batch", type=int, default=256, help="batch on a GPU (MoCo's)")
+    moco.add_argument("--gpu-steps", type=int, default=20, help="timed steps on a GPU")
+    moco.set_defaults(run=bench_moco)
     args = parser.parse_args()
     args.run(args)
 

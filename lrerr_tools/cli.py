@@ -278,6 +278,67 @@ def train_mae(
     typer.echo(f"reconstructions: {out / GRIDS}/epoch-{manifest.counts['epochs']:03d}.png")
 
 
+@app.command("train-moco")
+@user_errors
+def train_moco(
+    shard_dir: Annotated[Path, typer.Argument(help="The shard directory (output of `lrerr-tools shard`).")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, log.csv, manifest.")],
+    width: Annotated[float, typer.Option(
+        help="Channel multiplier of the Xception encoder; 1, the only width ImageNet weights fit "
+             "(smaller: quick CPU tests).")] = 1.0,
+    dim: Annotated[int, typer.Option(help="Embedding size of the MLP head (MoCo v2: 128).")] = 128,
+    queue_size: Annotated[int, typer.Option(
+        help="Negative keys kept, a multiple of --batch-size (MoCo: 65536; less for small shards).")] = 65536,
+    momentum: Annotated[float, typer.Option(help="Momentum of the key encoder (MoCo: 0.999).")] = 0.999,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature (MoCo v2: 0.2).")] = 0.2,
+    bn_splits: Annotated[int, typer.Option(
+        help="In one process, batch-norm statistics over this many parts of the batch apart "
+             "(shuffle-BN); under torchrun each process is one part.")] = 8,
+    crop_size: Annotated[int, typer.Option(help="Side of the augmented views in px (MoCo: 224).")] = 224,
+    epochs: Annotated[int, typer.Option(help="Epochs (MoCo v2: 200).")] = 200,
+    batch_size: Annotated[int, typer.Option(
+        help="Global batch size, split evenly across torchrun processes (MoCo: 256).")] = 256,
+    lr: Annotated[float, typer.Option(
+        help="SGD learning rate for a batch of 256, scaled linearly with --batch-size; cosine "
+             "schedule (MoCo v2: 0.03).")] = 0.03,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay, not on biases and norms.")] = 1e-4,
+    pretrained: Annotated[bool, typer.Option(
+        help="Start the encoder from Xception's ImageNet weights in the local cache (MoCo starts "
+             "from random weights).")] = False,
+    weights: Annotated[str | None, typer.Option(
+        help="Start the encoder from this local legacy_xception weights file.")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA (bfloat16 where supported).")] = True,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 4,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, sample order and views.")] = 0,
+    max_steps: Annotated[int | None, typer.Option(
+        help="Cap on steps per epoch (demos, smoke tests).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in --out.")] = False,
+) -> None:
+    """MoCo v2 on the train faces, labels unread: SCL-KD's self-supervised encoder.
+
+    Multi-GPU: torchrun --nproc_per_node N -m lrerr_tools train-moco ...
+    """
+    from lrerr_tools.moco.train import MocoTrainConfig, run
+    from lrerr_tools.training import is_main_process
+
+    manifest = run(MocoTrainConfig(
+        shard_dir=str(shard_dir), out=str(out), width=width, dim=dim, queue_size=queue_size,
+        momentum=momentum, temperature=temperature, bn_splits=bn_splits, crop_size=crop_size,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, pretrained=pretrained,
+        weights=weights, device=device, amp=amp, workers=workers, resume=resume, seed=seed,
+        max_steps=max_steps, overwrite=overwrite))
+    if not is_main_process():
+        return
+    print_counts(f"train-moco complete: {out}", manifest.counts)
+    last = manifest.extra["last"]
+    auc = "n/a" if last["val_knn_auc"] is None else f"{last['val_knn_auc']:.3f}"
+    typer.echo(f"last epoch {last['epoch']}: InfoNCE {last['train_loss']:.4f}, queue "
+               f"{100 * last['queue_fill']:.0f}% full, val k-NN AUC {auc} (health only): "
+               f"{out / manifest.extra['checkpoints']['last']}")
+
+
 @app.command("train-det", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def train_det(

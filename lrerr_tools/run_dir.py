@@ -116,7 +116,7 @@ def inspect_run(out: Path, stage: str, identity: dict, parent: dict, resume: boo
 
 def run_training(cfg, stage: str, make_trainer: Callable, stage_outputs: tuple[str, ...] = (),
                  check_found: Callable | None = None) -> Manifest:
-    """The run lifecycle both trainers share: claim or clear `cfg.out`, return a finished run
+    """The run lifecycle the trainers share: claim or clear `cfg.out`, return a finished run
     unchanged, else build (fresh or from last.pt) and fit. `check_found(trainer, extra)` vets
     the `extra` of a finished manifest or a checkpoint before it is reused.
 

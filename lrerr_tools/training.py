@@ -1,6 +1,6 @@
-"""What every trainer here (train-mae, train-det) needs around its own loop: the device,
-seeds, DDP under torchrun, mixed precision, optimizers, checkpoints that resume exactly, a CSV
-epoch log and a stop on a non-finite loss.
+"""What every trainer here (train-mae, train-moco, train-det) needs around its own loop: the
+device, seeds, DDP under torchrun, mixed precision, optimizers, checkpoints that resume
+exactly, a CSV epoch log and a stop on a non-finite loss.
 
 Exact resume rests on one rule: nothing random is carried from step to step except what a
 checkpoint holds. The sample order of an epoch comes from (seed, epoch) through

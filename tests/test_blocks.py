@@ -97,6 +97,20 @@ def test_legacy_xception_weights_do_not_load_at_another_width():
         load_legacy_xception(XceptionLayers(0.25), state)
 
 
+def test_xception_cut_after_block3_takes_the_first_layers_of_legacy_xception_weights():
+    reference = timm.create_model("legacy_xception", pretrained=False).eval()
+    layers = XceptionLayers(1.0, last_block=3).eval()
+    assert [name for name, _ in layers.named_children()][-1] == "block3"
+    load_legacy_xception(layers, reference.state_dict())  # block4 … conv4 and fc left out
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        r = reference
+        stem = r.act2(r.bn2(r.conv2(r.act1(r.bn1(r.conv1(x))))))
+        assert torch.allclose(layers(x), r.block3(r.block2(r.block1(stem))), atol=1e-5)
+    with pytest.raises(LrerrError, match="missing: block3"):
+        load_legacy_xception(layers, {k: v for k, v in reference.state_dict().items() if "block3" not in k})
+
+
 def test_channel_counts_scale_and_stay_at_least_4():
     assert xception_channels(1.0) == {"stem1": 32, "stem2": 64, "entry1": 128, "entry2": 256,
                                       "middle": 728, "exit": 1024, "conv3": 1536, "features": 2048}

@@ -42,9 +42,11 @@ def test_methods_lists_title_parents_fields_and_cost():
     costs = [line for line in text.splitlines() if line.strip().startswith("cost:")]
     assert len(costs) == len(REGISTERED)
     cost = dict(zip(REGISTERED, costs))
-    # Xception (20.8 M, ~4.6 GMAC) and RECCE (23.8 M without the unused 1000-class head, ~6.1 GMAC).
+    # Xception (20.8 M, ~4.6 GMAC), RECCE (23.8 M without the unused 1000-class head, ~6.1 GMAC)
+    # and Local-Prediction (the spec's 1.3 M, ~1.55 GMAC).
     assert "20.8 M trainable parameters, 4.5" in cost["xception"]
     assert "23.8 M trainable parameters, 6.1" in cost["recce"]
+    assert "1.3 M trainable parameters, 1.5" in cost["localdiv"]  # Xception up to block3, and the units
     tsv = CliRunner().invoke(app, ["methods", "--tsv", "lrerr", "recce", "xception"]).output.splitlines()
     assert tsv == ["lrerr\ttrain-mae\txception", "recce\t\txception", "xception\t\t"]
     result = CliRunner().invoke(app, ["methods", "resnet"])

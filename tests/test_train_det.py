@@ -24,6 +24,7 @@ from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.train import MaeTrainConfig
 from lrerr_tools.mae.train import run as run_mae
 from lrerr_tools.manifest import content_sha256, read_manifest
+from lrerr_tools.methods import all_methods
 from lrerr_tools.normalization import mae_to, normalize_uint8
 from lrerr_tools.shard_dataset import ShardDataset
 from lrerr_tools.training import load_checkpoint
@@ -35,9 +36,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # layer1 and layer2 give 56 and 28 px maps at 224. 22 train faces (8 real, 14 fake).
 LAYERS = ["layer1", "layer2"]
 TINY = dict(pretrained=False, epochs=1, iters_per_epoch=2, batch_size=4, workers=0, device="cpu", lr=1e-3)
-# RECCE's network at 1/16 of its width (46 middle channels) keeps its layout at CPU speed.
+# RECCE's and Local-Prediction's networks at 1/16 of their width (46 middle channels) keep
+# their layout at CPU speed.
 TINY_OPTIONS = {"lrerr": {"backbone": "test_resnet", "attn_layers": LAYERS, "random_extractor": True},
-                "xception": {"backbone": "test_resnet"}, "recce": {"width": 0.0625}}
+                "xception": {"backbone": "test_resnet"}, "recce": {"width": 0.0625},
+                "localdiv": {"width": 0.0625}}
 
 
 def shared_mae(ffpp_root, tmp_path_factory):
@@ -314,7 +317,7 @@ def test_bad_options_are_one_line_errors(shards, mae, tmp_path):
     with pytest.raises(LrerrError, match="--step-size must be at least 1 with --schedule step"):
         train_module.run(config(shards, tmp_path / "c", "xception", schedule="step"))
     assert not (tmp_path / "c").exists()
-    cases = {("--method", "resnet"): "error: --method must be one of lrerr, ",
+    cases = {("--method", "resnet"): f"error: --method must be one of {', '.join(all_methods())} ",
              ("--method", "xception", "--mae", "x"): "error: --mae is not an option of --method xception",
              ("--method", "lrerr", "--mae"): "error: --mae needs a value",
              ("--method", "xception", "--backbon", "x"): "unknown option, did you mean --backbone?",

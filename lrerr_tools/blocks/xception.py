@@ -1,10 +1,13 @@
-"""timm's `legacy_xception` layers at any width, without its 1000-class head.
+"""timm's `legacy_xception` layers at any width, without its 1000-class head, optionally cut
+after an entry- or middle-flow block.
 
-At width 1 the state dict is legacy_xception's minus `fc.*`, so ImageNet weights load with
-`load_legacy_xception`; smaller widths give tiny nets of the same shape for fast tests.
+At width 1 the state dict is legacy_xception's minus `fc.*` (and minus the layers after the
+cut), so ImageNet weights load with `load_legacy_xception`; smaller widths give tiny nets of
+the same shape for fast tests.
 
     layers = XceptionLayers(width=1.0)
     load_legacy_xception(layers, timm.create_model("legacy_xception", pretrained=True).state_dict())
+    load_pretrained_xception(XceptionLayers(last_block=3), pretrained=True, weights=None)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from timm.models.xception import Block, SeparableConv2d
 from torch import nn
 
+from lrerr_tools.attention import make_backbone
 from lrerr_tools.errors import LrerrError
 
 # legacy_xception's channel counts, by the role each plays.
@@ -28,6 +32,10 @@ LEGACY_CHANNELS = {
     "conv3": 1536,
     "features": 2048,  # conv4: the pooled feature width
 }
+LAST_BLOCK = 12
+# legacy_xception's top-level layers that hold weights, in its order.
+LEGACY_LAYERS = ("conv1", "bn1", "conv2", "bn2", *(f"block{i}" for i in range(1, LAST_BLOCK + 1)),
+                 "conv3", "bn3", "conv4", "bn4", "fc")
 
 
 def scaled(channels: int, width: float) -> int:
@@ -43,16 +51,19 @@ def xception_channels(width: float = 1.0) -> dict[str, int]:
 
 
 class XceptionLayers(nn.Module):
-    """legacy_xception's conv1 … act4, with every channel count times `width`.
+    """legacy_xception's conv1 … act4, with every channel count times `width`; or its conv1 …
+    block`last_block`, for a network that stops early (the units of Local-Prediction).
 
     The attributes keep timm's names, so callers that run the stages by hand (RECCE and the
     methods built on it) read like the reference code. `forward` runs them all and returns
-    the stride-32 feature map.
+    the stride-32 feature map (the last block's output when cut).
     """
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, last_block: int = LAST_BLOCK):
         super().__init__()
-        self.width = width
+        if not 1 <= last_block <= LAST_BLOCK:
+            raise ValueError(f"last_block must be in 1..{LAST_BLOCK} (got {last_block})")
+        self.width, self.last_block = width, last_block
         self.channels = ch = xception_channels(width)
         mid = ch["middle"]
 
@@ -63,19 +74,20 @@ class XceptionLayers(nn.Module):
         self.bn2 = nn.BatchNorm2d(ch["stem2"])
         self.act2 = nn.ReLU(inplace=True)
 
-        self.block1 = Block(ch["stem2"], ch["entry1"], 2, 2, start_with_relu=False)
-        self.block2 = Block(ch["entry1"], ch["entry2"], 2, 2)
-        self.block3 = Block(ch["entry2"], mid, 2, 2)
-        for index in range(4, 12):
-            setattr(self, f"block{index}", Block(mid, mid, 3, 1))
-        self.block12 = Block(mid, ch["exit"], 2, 2, grow_first=False)
+        # (in, out, reps, stride) of block1 … block12; built in order, so the cut costs nothing
+        blocks = [(ch["stem2"], ch["entry1"], 2, 2), (ch["entry1"], ch["entry2"], 2, 2),
+                  (ch["entry2"], mid, 2, 2), *[(mid, mid, 3, 1)] * 8, (mid, ch["exit"], 2, 2)]
+        for index, shape in enumerate(blocks[:last_block], start=1):
+            setattr(self, f"block{index}", Block(*shape, start_with_relu=index != 1,
+                                                 grow_first=index != LAST_BLOCK))
 
-        self.conv3 = SeparableConv2d(ch["exit"], ch["conv3"], 3, 1, 1)
-        self.bn3 = nn.BatchNorm2d(ch["conv3"])
-        self.act3 = nn.ReLU(inplace=True)
-        self.conv4 = SeparableConv2d(ch["conv3"], ch["features"], 3, 1, 1)
-        self.bn4 = nn.BatchNorm2d(ch["features"])
-        self.act4 = nn.ReLU(inplace=True)
+        if last_block == LAST_BLOCK:
+            self.conv3 = SeparableConv2d(ch["exit"], ch["conv3"], 3, 1, 1)
+            self.bn3 = nn.BatchNorm2d(ch["conv3"])
+            self.act3 = nn.ReLU(inplace=True)
+            self.conv4 = SeparableConv2d(ch["conv3"], ch["features"], 3, 1, 1)
+            self.bn4 = nn.BatchNorm2d(ch["features"])
+            self.act4 = nn.ReLU(inplace=True)
 
         # timm's own initialisation, so a randomly initialised run starts like legacy_xception.
         for module in self.modules():
@@ -100,7 +112,8 @@ class XceptionLayers(nn.Module):
         return self.act4(self.bn4(self.conv4(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.exit_convs(self.blocks(self.stem(x), 1, 12))
+        x = self.blocks(self.stem(x), 1, self.last_block)
+        return self.exit_convs(x) if self.last_block == LAST_BLOCK else x
 
 
 def _shape(value) -> tuple[int, ...]:
@@ -109,12 +122,15 @@ def _shape(value) -> tuple[int, ...]:
 
 def load_legacy_xception(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Fill `module` (an `XceptionLayers`, e.g. `RecceNet.encoder`) from a legacy_xception state
-    dict, dropping its `fc.*` head. Every other key must match in name and shape.
+    dict, dropping its `fc.*` head and the layers a cut `module` lacks. Every other key must
+    match in name and shape.
 
     Raises LrerrError naming the first mismatches; a width other than 1 always mismatches.
     BatchNorm's `num_batches_tracked` may be absent (older checkpoints lack it): torch fills it.
     """
-    weights = {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
+    built = dict(module.named_children())
+    left_out = {name for name in LEGACY_LAYERS if name not in built}
+    weights = {key: value for key, value in state_dict.items() if key.split(".", 1)[0] not in left_out}
     own = module.state_dict()
     missing = [key for key in own if key not in weights and not key.endswith("num_batches_tracked")]
     unexpected = [key for key in weights if key not in own]
@@ -133,3 +149,12 @@ def load_legacy_xception(module: nn.Module, state_dict: Mapping[str, torch.Tenso
                          + "; ".join(problems) + hint)
     module.load_state_dict(weights, strict=True)
     return module
+
+
+def load_pretrained_xception(module: nn.Module, pretrained: bool, weights: str | None) -> None:
+    """legacy_xception's ImageNet weights (the `weights` file, or the local cache; never
+    downloaded) into `module` as `load_legacy_xception` does; nothing when neither is asked."""
+    if weights is None and not pretrained:
+        return
+    source = make_backbone("legacy_xception", pretrained=True, weights=weights).model
+    load_legacy_xception(module, source.state_dict())

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from lrerr_tools.attention import make_backbone
 from lrerr_tools.blocks.recce import RecceNet, recce_losses
-from lrerr_tools.blocks.xception import load_legacy_xception
+from lrerr_tools.blocks.xception import load_pretrained_xception
 from lrerr_tools.detector.overlays import heat_panels, image_panels, layout
 from lrerr_tools.methods import register
 from lrerr_tools.methods.base import Method, OptimizerDefaults, Option
@@ -57,10 +56,7 @@ class Recce(Method):
     def init(self, net: RecceNet, pretrained: bool, weights: str | None) -> None:
         """Xception's ImageNet weights into the encoder and trunk (the decoder, graph reasoning,
         attention and head start from scratch, as in RECCE)."""
-        if weights is None and not pretrained:
-            return
-        source = make_backbone("legacy_xception", pretrained=True, weights=weights).model
-        load_legacy_xception(net.encoder, source.state_dict())
+        load_pretrained_xception(net.encoder, pretrained, weights)
 
     def inputs(self, net: RecceNet, context, batch: dict, device, dtype, frozen=None) -> dict:
         return {"images": normalize_uint8(batch["image"].to(device, non_blocking=True), net.mean, net.std)}
