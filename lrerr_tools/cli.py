@@ -323,6 +323,7 @@ def train_det(
 
     Multi-GPU: torchrun --nproc_per_node N -m lrerr_tools train-det ...
     """
+    from lrerr_tools.calibration import describe as describe_calibration
     from lrerr_tools.detector.train import DetTrainConfig, run
     from lrerr_tools.methods import get_method
     from lrerr_tools.methods.base import parse_cli_args
@@ -341,6 +342,7 @@ def train_det(
     best = manifest.extra["best"]
     typer.echo(f"best epoch {best['epoch']} ({best['metric']} {best['value']:.4f}): "
                f"{out / manifest.extra['checkpoints']['best']}")
+    typer.echo(describe_calibration(manifest.extra["calibration"]))
 
 
 @app.command("methods")
