@@ -102,7 +102,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def sigmoid(x: float) -> float:
-    return float(1 / (1 + np.exp(-x)))
+    return 0.0 if x < -700 else 1 / (1 + math.exp(-x))  # exp would overflow below -709
 
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, ...]:
@@ -155,3 +155,42 @@ def reliability_plot(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def apply_calibration(rows: list[dict], logits: np.ndarray, fitted: dict) -> dict:
+    """What the val-fitted `fitted` (train-det's `extra.calibration`) gives on scored rows
+    (metrics' rows, with their logits (N,)), at frame and video level:
+
+    ```
+    {**fitted, "notes": [...],
+     "frame": {"acc": {"0.5": a, "balanced_acc": a, "eer": a}, "ece": e, "ece_scaled": e}, "video": ...}
+    ```
+    A video's prob is the mean of its frames' (scaled: of their scaled probs), and its Acc uses
+    the same frame-level thresholds. Only `rows`' labels are read from the scored split: the
+    thresholds and temperature are `fitted`'s, whatever those labels say.
+    """
+    from lrerr_tools.metrics import LEVELS, scores_by_level
+
+    notes = [fitted["note"]] if fitted.get("note") else []
+    temperature, thresholds = fitted["temperature"], fitted["threshold"]
+    raw = scores_by_level(rows)
+    scaled = None if temperature is None else scores_by_level(scaled_rows(rows, logits, temperature))
+    result = {**{k: v for k, v in fitted.items() if k != "note"}, "notes": notes}
+    for i, level in enumerate(LEVELS):
+        probs, labels = raw[i].probs, raw[i].labels
+        result[level] = {
+            "acc": {"0.5": accuracy(probs, labels, 0.5),
+                    **{name: None if t is None else accuracy(probs, labels, t)
+                       for name, t in thresholds.items()}},
+            "ece": expected_calibration_error(probs, labels),
+            "ece_scaled": None if scaled is None else expected_calibration_error(scaled[i].probs, labels)}
+    return result
+
+
+def scaled_rows(rows: list[dict], logits: np.ndarray, temperature: float) -> list[dict]:
+    """`rows` with each prob recomputed as sigmoid(logit / T)."""
+    return [{**r, "prob": sigmoid(float(z) / temperature)} for r, z in zip(rows, logits)]
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    return float(((probs >= threshold) == labels).mean())

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lrerr_tools.calibration import (
+    apply_calibration,
     describe,
     expected_calibration_error,
     fit_calibration,
@@ -86,3 +87,52 @@ def test_reliability_plot_writes_a_png(tmp_path):
               "video": {"raw": (probs, labels)}}
     path = reliability_plot(curves, tmp_path / "r" / "reliability.png", "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def scored_rows(rng, n_videos=8, frames=5):
+    """Frames of n_videos videos (half fake), with logits that lean the right way."""
+    rows, logits = [], []
+    for v in range(n_videos):
+        label = v % 2
+        for _ in range(frames):
+            z = float(rng.normal(2 * label - 1, 1.5))
+            rows.append({"video_id": f"{'Deepfakes' if label else 'youtube'}/{v:03d}",
+                         "method": "Deepfakes" if label else "youtube", "label": label, "prob": sigmoid(z)})
+            logits.append(z)
+    return rows, np.array(logits)
+
+
+FITTED = {"threshold": {"balanced_acc": 0.3, "eer": 0.6}, "temperature": 2.0, "epoch": 3, "fitted_on": "val"}
+
+
+def test_the_test_labels_cannot_move_the_threshold_or_temperature():
+    rows, logits = scored_rows(np.random.default_rng(1))
+    result = apply_calibration(rows, logits, FITTED)
+    permuted_videos = np.random.default_rng(2).permutation(8)
+    for relabel in (lambda r: 1 - r["label"], lambda r: int(permuted_videos[int(r["video_id"][-3:])] % 2)):
+        relabelled = [{**r, "label": relabel(r), "method": "x" if relabel(r) else "youtube"} for r in rows]
+        other = apply_calibration(relabelled, logits, FITTED)
+        assert (other["threshold"], other["temperature"], other["epoch"]) == (
+            FITTED["threshold"], FITTED["temperature"], FITTED["epoch"])
+    assert other["frame"]["acc"] != result["frame"]["acc"]  # the labels were read, for the Acc only
+    flipped = apply_calibration([{**r, "label": 1 - r["label"]} for r in rows], logits, FITTED)
+    assert flipped["frame"]["acc"]["0.5"] == pytest.approx(1 - result["frame"]["acc"]["0.5"])
+
+
+def test_acc_and_ece_at_the_val_calibration():
+    rows, logits = scored_rows(np.random.default_rng(3))
+    result = apply_calibration(rows, logits, FITTED)
+    probs, labels = np.array([r["prob"] for r in rows]), np.array([r["label"] for r in rows])
+    assert result["frame"]["acc"] == {"0.5": np.mean((probs >= 0.5) == labels),
+                                      "balanced_acc": np.mean((probs >= 0.3) == labels),
+                                      "eer": np.mean((probs >= 0.6) == labels)}
+    assert result["frame"]["ece"] == pytest.approx(expected_calibration_error(probs, labels))
+    scaled = 1 / (1 + np.exp(-logits / 2))
+    assert result["frame"]["ece_scaled"] == pytest.approx(expected_calibration_error(scaled, labels))
+    video_scaled = scaled.reshape(8, 5).mean(axis=1)  # five frames per video, in order
+    expected = expected_calibration_error(video_scaled, labels[::5])
+    assert result["video"]["ece_scaled"] == pytest.approx(expected)
+    assert result["notes"] == []
+    unfitted = apply_calibration(rows, logits, {**fit_calibration(logits[:1], labels[:1]), "epoch": 1})
+    assert unfitted["frame"]["acc"]["balanced_acc"] is None and unfitted["frame"]["ece_scaled"] is None
+    assert unfitted["notes"] == ["only real val faces: no threshold or temperature can be fitted"]

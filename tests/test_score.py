@@ -2,6 +2,7 @@ import csv
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from jsonschema import validate
@@ -81,6 +82,18 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     assert manifest.extra["precision"] == detector.extra["eval_precision"] == "float32"
     assert verify(out) == []
     assert cv2.imread(str(out / "roc.png")) is not None
+    # the detector's val thresholds and temperature, applied: none is fitted on test
+    fitted = detector.extra["calibration"]
+    calibration = metrics["calibration"]
+    assert {k: calibration[k] for k in fitted} == fitted and calibration["temperature"] > 0
+    frame_probs = np.array([float(f["prob"]) for f in frames])
+    frame_labels = np.array([int(f["label"]) for f in frames])
+    at_val = ((frame_probs >= fitted["threshold"]["balanced_acc"]) == frame_labels).mean()
+    assert calibration["frame"]["acc"]["balanced_acc"] == pytest.approx(at_val)
+    assert calibration["frame"]["acc"]["0.5"] == metrics["frame"]["acc"]
+    assert 0 <= calibration["video"]["ece"] <= 1 and 0 <= calibration["video"]["ece_scaled"] <= 1
+    assert cv2.imread(str(out / "reliability.png")).shape[1] > cv2.imread(str(out / "roc.png")).shape[1]
+    assert "at the val EER threshold" in output and f"reliability: {out / 'reliability.png'}" in output
     assert "score complete" in output and "frame" in output and f"roc:       {out / 'roc.png'}" in output
     if method == "lrerr":
         image = cv2.imread(str(out / "attention.png"))
@@ -146,3 +159,29 @@ def test_a_split_with_one_class_scores_with_undefined_auc(ffpp_root, tmp_path_fa
     assert "frame: only real samples — AUC, AP and EER undefined" in metrics["notes"]
     assert manifest.counts["frames_fake"] == 0
     assert (tmp_path / "out" / "roc.png").is_file() and (tmp_path / "out" / "attention.png").is_file()
+
+
+def test_a_detector_run_without_calibration_scores_with_null_thresholds(ffpp_root, tmp_path_factory,
+                                                                       tmp_path):
+    """Runs trained before train-det recorded calibration still score: those fields are null."""
+    import shutil
+    from dataclasses import asdict
+
+    from test_shard import shared_png_shards
+
+    from lrerr_tools.atomic_io import atomic_write_json
+
+    old = tmp_path / "old-run"
+    shutil.copytree(shared_detector("xception", ffpp_root, tmp_path_factory), old)
+    manifest = read_manifest(old)
+    del manifest.extra["calibration"]
+    atomic_write_json(old / "manifest.json", asdict(manifest))
+    run(ScoreConfig(shard_dir=str(shared_png_shards(ffpp_root, tmp_path_factory)), detector=str(old),
+                    out=str(tmp_path / "out"), device="cpu", workers=0, overlays=0))
+    calibration = json.loads((tmp_path / "out" / "metrics.json").read_text())["calibration"]
+    assert calibration["threshold"] == {"balanced_acc": None, "eer": None}
+    assert calibration["temperature"] is None
+    assert calibration["notes"] == [
+        "the detector run records no val calibration (trained by an older version)"]
+    assert calibration["frame"]["acc"]["eer"] is None and calibration["frame"]["ece"] >= 0
+    assert (tmp_path / "out" / "reliability.png").is_file()
