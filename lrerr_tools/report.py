@@ -19,7 +19,7 @@ from lrerr_tools.atomic_io import atomic_write_bytes
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import read_checked_json, schema
 from lrerr_tools.methods import all_methods
-from lrerr_tools.metrics import LEVELS
+from lrerr_tools.metrics import AGGREGATORS, HEADLINE, LEVELS
 
 METRICS_FILE = "metrics.json"
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -27,6 +27,8 @@ SHORT_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "Neura
 PAPER_COMPRESSIONS = ("c23", "c40")
 LEAVE_ONE_OUT = ("Deepfakes", "Face2Face")  # Table III: GID-DF and GID-F2F
 CROSS_DATASETS = {"celebdf": "Celeb-DF-v2", "dfd": "DFD"}
+AGGREGATE_WORDS = {"mean": "mean", "median": "median", "max": "maximum", "top_k_mean": "top-k mean",
+                   "confident": "DFDC winner's confident mean"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,19 @@ class Run:
     @property
     def detector(self) -> str:
         return self.train["method"]
+
+    def with_video_aggregate(self, aggregator: str) -> Run:
+        """This run with its video blocks (overall and per method) scored by `aggregator`."""
+        if aggregator == HEADLINE:
+            return self
+        if "video_aggregates" not in self.metrics:
+            raise LrerrError(f"{self.path}: its {METRICS_FILE} has no video aggregates (scored before score "
+                             f"wrote them); score it again for --aggregate {aggregator}")
+        chosen = self.metrics["video_aggregates"][aggregator]
+        metrics = {**self.metrics, "video": chosen["video"],
+                   "per_method": {m: {**blocks, "video": chosen["per_method"][m]}
+                                  for m, blocks in self.metrics["per_method"].items()}}
+        return Run(self.path, metrics)
 
     def describe(self) -> str:
         train, test = self.train, self.test
@@ -273,10 +288,12 @@ def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], lis
     return tables, notes
 
 
-def render_markdown(tables: Sequence[Table], notes: Sequence[str], runs: Sequence[Run], level: str) -> str:
+def render_markdown(tables: Sequence[Table], notes: Sequence[str], runs: Sequence[Run], level: str,
+                    aggregate: str = HEADLINE) -> str:
+    scored = f" (a video's prob: the {AGGREGATE_WORDS[aggregate]} of its frames')" if level == "video" else ""
     lines = [
         "# LRErr evaluation report", "",
-        f"{level.capitalize()}-level AUC and Acc in %. Acc counts prob ≥ the threshold in each "
+        f"{level.capitalize()}-level AUC and Acc in %{scored}. Acc counts prob ≥ the threshold in each "
         "metrics.json as fake; per-method cells score that method's fakes against all reals. "
         "— marks a cell no score directory fills.", "",
     ]
@@ -298,17 +315,23 @@ def table_csv(table: Table) -> str:
     return buffer.getvalue()
 
 
-def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str = "frame") -> list[Path]:
-    """Write the Markdown report to `out` and each table as `<out stem>.<table>.csv` beside it."""
+def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str = "frame",
+                 aggregate: str = HEADLINE) -> list[Path]:
+    """Write the Markdown report to `out` and each table as `<out stem>.<table>.csv` beside it.
+    `aggregate` names the video aggregator of the video-level tables."""
     if not score_dirs:
         raise LrerrError("no score directories given")
+    if aggregate not in AGGREGATORS:
+        raise LrerrError(f"--aggregate must be one of {', '.join(AGGREGATORS)}, got {aggregate}")
+    if aggregate != HEADLINE and level != "video":
+        raise LrerrError(f"--aggregate {aggregate} scores videos: add --level video")
     out = Path(out)
     if out.is_dir():
         raise LrerrError(f"--out {out}: is a directory; name the Markdown file to write, e.g. "
                          f"{out / 'report.md'}")
-    runs = [load_run(d) for d in score_dirs]
+    runs = [load_run(d).with_video_aggregate(aggregate) for d in score_dirs]
     tables, notes = build_tables(runs, level)
-    atomic_write_bytes(out, render_markdown(list(tables.values()), notes, runs, level).encode())
+    atomic_write_bytes(out, render_markdown(list(tables.values()), notes, runs, level, aggregate).encode())
     written = [out]
     for key in (*BUILDERS, OTHER):
         path = out.with_name(f"{out.stem}.{key}.csv")

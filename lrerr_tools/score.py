@@ -25,7 +25,7 @@ import csv
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -44,7 +44,16 @@ from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.grid import write_grid
 from lrerr_tools.manifest import Manifest, open_parent, write_stage
 from lrerr_tools.methods import get_method
-from lrerr_tools.metrics import LEVELS, compute_metrics, roc_plot, scores_by_level, video_rows
+from lrerr_tools.metrics import (
+    AGGREGATORS,
+    LEVELS,
+    Aggregation,
+    compute_metrics,
+    roc_plot,
+    scores_by_level,
+    video_prob_key,
+    video_rows,
+)
 from lrerr_tools.report import METRICS_FILE, metrics_schema
 from lrerr_tools.shard_dataset import SPLITS, ShardDataset
 from lrerr_tools.stage_dir import existing_manifest, prepare_output
@@ -57,7 +66,7 @@ FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE = "frames.csv", "videos.csv", "
 RELIABILITY_FILE = "reliability.png"
 OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, RELIABILITY_FILE, ATTENTION_FILE)
 FRAME_FIELDS = ["video_id", "method", "label", "frame_index", "prob"]
-VIDEO_FIELDS = ["video_id", "method", "label", "frames", "prob"]
+VIDEO_FIELDS = ["video_id", "method", "label", "frames", *map(video_prob_key, AGGREGATORS)]
 
 
 @dataclass
@@ -70,6 +79,8 @@ class ScoreConfig:
     device: str = "auto"
     workers: int = 4
     overlays: int = 4
+    # The video aggregators' constants (metrics.Aggregation); check() fills in the defaults.
+    aggregation: dict = field(default_factory=dict)
     overwrite: bool = False
     # How a run is carried out; changing these does not change its output (each face's
     # reconstruction mask is its own, whatever batch it is in). The inputs are identified by
@@ -89,6 +100,15 @@ class ScoreConfig:
             raise LrerrError("--batch-size must be at least 1")
         if self.workers < 0 or self.overlays < 0:
             raise LrerrError("--workers and --overlays must be 0 or more")
+        aggregation = self.video_aggregation()
+        aggregation.check()
+        self.aggregation = asdict(aggregation)
+
+    def video_aggregation(self) -> Aggregation:
+        unknown = set(self.aggregation) - set(asdict(Aggregation()))
+        if unknown:
+            raise LrerrError(f"aggregation: unknown constants {', '.join(sorted(unknown))}")
+        return Aggregation(**self.aggregation)
 
 
 def _csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
@@ -138,11 +158,12 @@ def run(cfg: ScoreConfig) -> Manifest:
     train_data = {**detector_run.manifest.extra["train_data"], "method": method.name,
                   "caveats": detector_run.manifest.extra.get("caveats", [])}  # absent in older runs
     fitted = _fitted_calibration(detector_run.manifest)
-    metrics = {"run": {"train": train_data, "test": test_data}, **compute_metrics(rows),
+    metrics = {"run": {"train": train_data, "test": test_data},
+               **compute_metrics(rows, aggregation=cfg.video_aggregation()),
                "calibration": apply_calibration(rows, logits, fitted)}
     jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)
-    videos = video_rows(rows)
+    videos = video_rows(rows, cfg.video_aggregation())
     atomic_write_bytes(out / FRAMES_CSV, _csv_bytes(rows, FRAME_FIELDS))
     atomic_write_bytes(out / VIDEOS_CSV, _csv_bytes(videos, VIDEO_FIELDS))
     title = f"{method.title} on {test_data['dataset']} {cfg.split}"
@@ -223,6 +244,9 @@ def describe(out: str | Path, manifest: Manifest) -> list[str]:
     for method, blocks in metrics["per_method"].items():
         lines.append(f"  {method}: AUC frame {fmt(blocks['frame']['auc']).strip()}, "
                      f"video {fmt(blocks['video']['auc']).strip()}")
+    if "video_aggregates" in metrics:  # absent in scores made before score wrote them
+        aucs = {name: fmt(agg["video"]["auc"]).strip() for name, agg in metrics["video_aggregates"].items()}
+        lines.append("  video AUC by aggregator: " + ", ".join(f"{name} {auc}" for name, auc in aucs.items()))
     lines += [f"  note: {note}" for note in metrics["notes"]]
     calibration = metrics.get("calibration")  # absent in scores made before score applied it
     if calibration is not None:

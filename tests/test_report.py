@@ -146,3 +146,33 @@ def test_cli_reports_and_rejects_bad_dirs(dirs, tmp_path):
     (bad / "metrics.json").write_text(json.dumps({"run": {}}))
     result = runner.invoke(app, ["report", str(bad), *out])
     assert result.exit_code == 2 and "metrics.json: invalid metrics at top level" in result.output
+
+
+def aggregated_score_dir(root, name):
+    """A real metrics.json of 2 real and 2 fake videos whose mean and max rank them differently."""
+    frames = [("youtube/0", 0, [0.1, 0.2, 0.9]), ("youtube/1", 0, [0.3, 0.3, 0.3]),
+              ("Deepfakes/0", 1, [0.4, 0.4, 0.4]), ("Deepfakes/1", 1, [0.6, 0.1, 0.1])]
+    metrics = compute_metrics([dict(video_id=v, method=v.split("/")[0], label=y, prob=p)
+                               for v, y, probs in frames for p in probs])
+    side = {"dataset": "ffpp", "compression": "c23", "methods": ["Deepfakes"]}
+    metrics["run"] = {"train": {**side, "method": "xception"}, "test": {**side, "split": "test"}}
+    (root / name).mkdir()
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+    return root / name
+
+
+def test_aggregate_picks_the_video_aggregator_of_the_tables(tmp_path, dirs):
+    scores = aggregated_score_dir(tmp_path, "agg")
+    # Video means: reals 0.4, 0.3; fakes 0.4, 0.267 → AUC (0.5 + 1 + 0 + 0) / 4. Maxes: reals 0.9,
+    # 0.3; fakes 0.4, 0.6 → AUC (0 + 1 + 0 + 1) / 4.
+    for aggregate, auc in (("mean", "37.50"), ("max", "50.00")):
+        write_report([scores], tmp_path / "r.md", level="video", aggregate=aggregate)
+        text = (tmp_path / "r.md").read_text()
+        assert f"| Xception | DF | c23 | {auc} | {auc} |" in text
+    assert "a video's prob: the maximum of its frames'" in text
+    with pytest.raises(LrerrError, match="--aggregate max scores videos: add --level video"):
+        write_report([scores], tmp_path / "r.md", aggregate="max")
+    with pytest.raises(LrerrError, match="--aggregate must be one of mean, median, max, top_k_mean, conf"):
+        write_report([scores], tmp_path / "r.md", level="video", aggregate="mode")
+    with pytest.raises(LrerrError, match="has no video aggregates .*score it again for --aggregate median"):
+        write_report([dirs["in23"]], tmp_path / "r.md", level="video", aggregate="median")

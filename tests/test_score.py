@@ -58,6 +58,8 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
                               "test": {**data, "split": "test"}}
     assert (metrics["frame"]["n"], metrics["frame"]["n_real"], metrics["frame"]["n_fake"]) == (22, 8, 14)
     assert (metrics["video"]["n"], metrics["video"]["n_real"], metrics["video"]["n_fake"]) == (6, 2, 4)
+    assert metrics["video_aggregates"]["mean"]["video"] == metrics["video"]
+    assert metrics["aggregation"]["top_fraction"] == 0.25 and metrics["aggregation"]["min_fakes"] == 11
     assert set(metrics["per_method"]) == {"Deepfakes", "FaceSwap"}
 
     frames = read_csv(out / "frames.csv")
@@ -71,6 +73,7 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     for video_id, video in by_video.items():
         own = [float(f["prob"]) for f in frames if f["video_id"] == video_id]
         assert int(video["frames"]) == len(own) and float(video["prob"]) == pytest.approx(sum(own) / len(own))
+        assert float(video["prob_max"]) == max(own) and float(video["prob_median"]) == np.median(own)
     assert {by_video[v]["frames"] for v in by_video if v.startswith("FaceSwap/")} <= {"3", "4"}
 
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
@@ -140,6 +143,8 @@ def test_bad_input_is_a_clear_error(ffpp_root, tmp_path_factory, tmp_path):
         run(ScoreConfig(split="unassigned", device="cpu", **config))
     with pytest.raises(LrerrError, match="--split must be one of"):
         run(ScoreConfig(split="dev", device="cpu", **config))
+    with pytest.raises(LrerrError, match=r"--top-fraction must be in \(0, 1\], got 2"):
+        run(ScoreConfig(aggregation={"top_fraction": 2}, device="cpu", **config))
     if not torch.cuda.is_available():
         with pytest.raises(LrerrError, match="--device cuda: no CUDA device is available"):
             run(ScoreConfig(device="cuda", **config))
