@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from lrerr_tools.bootstrap import Bootstrap, Resampled
 from lrerr_tools.errors import LrerrError
 
 THRESHOLD = 0.5
@@ -78,18 +79,20 @@ def video_prob_key(aggregator: str) -> str:
 
 @dataclass(frozen=True)
 class Scores:
-    """Labels and fake probabilities of one level (frames or videos), with each one's method."""
+    """Labels and fake probabilities of one level (frames or videos), with each one's method
+    and video (an index into the scored set's videos)."""
 
     labels: np.ndarray
     probs: np.ndarray
     methods: np.ndarray
+    videos: np.ndarray
 
     def subset(self, keep: np.ndarray) -> Scores:
-        return Scores(self.labels[keep], self.probs[keep], self.methods[keep])
+        return Scores(self.labels[keep], self.probs[keep], self.methods[keep], self.videos[keep])
 
 
 def compute_metrics(rows: Iterable[Mapping], threshold: float = THRESHOLD,
-                    aggregation: Aggregation = Aggregation()) -> dict:
+                    aggregation: Aggregation = Aggregation(), bootstrap: Bootstrap | None = None) -> dict:
     """All metrics of a test run: overall and per fake method, at frame and video level.
 
     ```
@@ -98,10 +101,13 @@ def compute_metrics(rows: Iterable[Mapping], threshold: float = THRESHOLD,
      "per_method": {"Deepfakes": {"frame": BLOCK, "video": BLOCK}, ...},
      "aggregation": {"top_fraction": 0.25, ...},
      "video_aggregates": {"mean": AGG, "median": AGG, "max": AGG, "top_k_mean": AGG, "confident": AGG},
+     "bootstrap": {"resamples": 1000, "seed": 0, "confidence": 0.95, ...},   (with `bootstrap`)
      "notes": ["video/per_method/Deepfakes: only fake samples — AUC, AP and EER undefined", ...]}
-    BLOCK = {"n", "n_real", "n_fake", "acc", "auc", "ap", "eer"}
+    BLOCK = {"n", "n_real", "n_fake", "acc", "auc", "ap", "eer"[, "ci": {"acc", "auc", "ap"}]}
     AGG = {"video": BLOCK, "per_method": {"Deepfakes": BLOCK, ...}}
     ```
+    With `bootstrap`, every block has `ci`: the interval [low, high] of each of its Acc, AUC
+    and AP over the same resamples of the videos (bootstrap.py), None where the AUC is.
     `video` is the mean aggregator's. Each fake method is scored against all the reals: reals
     are found by label 0, whatever their method is called (youtube, actors, Celeb-real, ...).
     Acc counts prob >= threshold as fake. AUC, AP and EER are None, with a note, where only
@@ -112,29 +118,44 @@ def compute_metrics(rows: Iterable[Mapping], threshold: float = THRESHOLD,
     aggregation.check()
     frames = checked_frames(rows)
     videos = video_rows(frames, aggregation)
-    frame_scores = scores_of(frames)
-    video_scores = {name: scores_of(videos, video_prob_key(name)) for name in AGGREGATORS}
+    frame_scores, video_scores = scored_levels(frames, videos)
+    resampled = None
+    if bootstrap is not None:
+        bootstrap.check()
+        headline = video_scores[HEADLINE]
+        resampled = Resampled.of_videos(bootstrap, headline.labels, headline.methods)
     notes: list[str] = []
     levels = {"frame": frame_scores, "video": video_scores[HEADLINE]}
     result: dict = {"threshold": threshold, "notes": notes}
     for level, scores in levels.items():
-        result[level] = block(scores, threshold, notes, where=level)
+        result[level] = block(scores, threshold, notes, level, resampled)
     fake_methods = sorted(set(frame_scores.methods[frame_scores.labels == 1]))
     result["per_method"] = {
-        method: {level: block(against_reals(scores, method), threshold, notes,
-                              where=f"{level}/per_method/{method}")
+        method: {level: block(against_reals(scores, method), threshold, notes, f"{level}/per_method/{method}",
+                              resampled)
                  for level, scores in levels.items()}
         for method in fake_methods
     }
     unnoted: list[str] = []  # the same classes as the headline video blocks, already noted
     result["aggregation"] = asdict(aggregation)
     result["video_aggregates"] = {
-        name: {"video": block(scores, threshold, unnoted, where=name),
-               "per_method": {method: block(against_reals(scores, method), threshold, unnoted, where=name)
+        name: {"video": block(scores, threshold, unnoted, name, resampled),
+               "per_method": {method: block(against_reals(scores, method), threshold, unnoted, name,
+                                            resampled)
                               for method in fake_methods}}
         for name, scores in video_scores.items()
     }
+    if resampled is not None:
+        result["bootstrap"] = resampled.describe()
     return result
+
+
+def scored_levels(frames: Sequence[Mapping], videos: Sequence[Mapping]) -> tuple[Scores, dict[str, Scores]]:
+    """The frame scores, and the video scores by aggregator; each sample knows its video."""
+    index = {v["video_id"]: i for i, v in enumerate(videos)}
+    frame_scores = scores_of(frames, np.array([index[f["video_id"]] for f in frames]))
+    return frame_scores, {name: scores_of(videos, np.arange(len(videos)), video_prob_key(name))
+                          for name in AGGREGATORS}
 
 
 def against_reals(scores: Scores, method: str) -> Scores:
@@ -142,15 +163,16 @@ def against_reals(scores: Scores, method: str) -> Scores:
     return scores.subset((scores.labels == 0) | (scores.methods == method))
 
 
-def scores_of(rows: Sequence[Mapping], prob_key: str = "prob") -> Scores:
+def scores_of(rows: Sequence[Mapping], videos: np.ndarray, prob_key: str = "prob") -> Scores:
     return Scores(np.array([r["label"] for r in rows]), np.array([r[prob_key] for r in rows]),
-                  np.array([r["method"] for r in rows]))
+                  np.array([r["method"] for r in rows]), videos)
 
 
 def scores_by_level(rows: Iterable[Mapping]) -> tuple[Scores, Scores]:
     """Frame scores as given, and video scores as the mean over each video's frames."""
     frames = checked_frames(rows)
-    return scores_of(frames), scores_of(video_rows(frames))
+    frame_scores, video_scores = scored_levels(frames, video_rows(frames))
+    return frame_scores, video_scores[HEADLINE]
 
 
 def checked_frames(rows: Iterable[Mapping]) -> list[dict]:
@@ -191,8 +213,10 @@ def video_rows(frames: Sequence[Mapping], aggregation: Aggregation = Aggregation
     return videos
 
 
-def block(scores: Scores, threshold: float, notes: list[str], where: str) -> dict:
-    """Counts, Acc, AUC, AP and EER of one set of scores; notes why any are undefined."""
+def block(scores: Scores, threshold: float, notes: list[str], where: str,
+          resampled: Resampled | None = None) -> dict:
+    """Counts, Acc, AUC, AP and EER of one set of scores, and with `resampled` their
+    intervals; notes why any are undefined."""
     labels, probs = scores.labels, scores.probs
     n_fake = int(labels.sum())
     out = {
@@ -200,6 +224,8 @@ def block(scores: Scores, threshold: float, notes: list[str], where: str) -> dic
         "acc": float(((probs >= threshold) == labels).mean()),
         "auc": None, "ap": None, "eer": None,
     }
+    if resampled is not None:
+        out["ci"] = resampled.intervals(probs, labels, scores.videos, threshold)
     if n_fake in (0, len(labels)):
         notes.append(f"{where}: only {'fake' if n_fake else 'real'} samples — AUC, AP and EER undefined")
         return out

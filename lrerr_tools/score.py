@@ -34,6 +34,7 @@ import numpy as np
 from torch.utils.data import default_collate
 
 from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json
+from lrerr_tools.bootstrap import Bootstrap
 from lrerr_tools.calibration import apply_calibration, reliability_plot, scaled_rows, unfitted
 from lrerr_tools.detector.checkpoint import load_detector
 from lrerr_tools.detector.frozen_cache import FrozenCache
@@ -81,6 +82,8 @@ class ScoreConfig:
     overlays: int = 4
     # The video aggregators' constants (metrics.Aggregation); check() fills in the defaults.
     aggregation: dict = field(default_factory=dict)
+    resamples: int = 1000  # bootstrap resamples of the videos for the intervals; 0: none
+    bootstrap_seed: int = 0
     overwrite: bool = False
     # How a run is carried out; changing these does not change its output (each face's
     # reconstruction mask is its own, whatever batch it is in). The inputs are identified by
@@ -100,6 +103,8 @@ class ScoreConfig:
             raise LrerrError("--batch-size must be at least 1")
         if self.workers < 0 or self.overlays < 0:
             raise LrerrError("--workers and --overlays must be 0 or more")
+        if self.resamples:
+            self.bootstrap().check()
         aggregation = self.video_aggregation()
         aggregation.check()
         self.aggregation = asdict(aggregation)
@@ -109,6 +114,9 @@ class ScoreConfig:
         if unknown:
             raise LrerrError(f"aggregation: unknown constants {', '.join(sorted(unknown))}")
         return Aggregation(**self.aggregation)
+
+    def bootstrap(self) -> Bootstrap | None:
+        return Bootstrap(resamples=self.resamples, seed=self.bootstrap_seed) if self.resamples else None
 
 
 def _csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
@@ -159,7 +167,7 @@ def run(cfg: ScoreConfig) -> Manifest:
                   "caveats": detector_run.manifest.extra.get("caveats", [])}  # absent in older runs
     fitted = _fitted_calibration(detector_run.manifest)
     metrics = {"run": {"train": train_data, "test": test_data},
-               **compute_metrics(rows, aggregation=cfg.video_aggregation()),
+               **compute_metrics(rows, aggregation=cfg.video_aggregation(), bootstrap=cfg.bootstrap()),
                "calibration": apply_calibration(rows, logits, fitted)}
     jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)
@@ -224,6 +232,10 @@ def _counts(rows: list[dict]) -> dict[str, int]:
             "videos_fake": int(video_labels.sum())}
 
 
+def fmt_interval(interval: list[float] | None) -> str:
+    return "n/a" if interval is None else f"[{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
+
+
 def describe(out: str | Path, manifest: Manifest) -> list[str]:
     """A score's headline numbers, compactly, for the terminal."""
     out = Path(out)
@@ -244,6 +256,11 @@ def describe(out: str | Path, manifest: Manifest) -> list[str]:
     for method, blocks in metrics["per_method"].items():
         lines.append(f"  {method}: AUC frame {fmt(blocks['frame']['auc']).strip()}, "
                      f"video {fmt(blocks['video']['auc']).strip()}")
+    if "bootstrap" in metrics:  # absent with --resamples 0 and in scores made before intervals
+        boot = metrics["bootstrap"]
+        aucs = ", ".join(f"{level} {fmt_interval(metrics[level]['ci']['auc'])}" for level in LEVELS)
+        lines.append(f"  {100 * boot['confidence']:g} % intervals ({boot['resamples']} resamples by video, "
+                     f"seed {boot['seed']}): AUC {aucs}")
     if "video_aggregates" in metrics:  # absent in scores made before score wrote them
         aucs = {name: fmt(agg["video"]["auc"]).strip() for name, agg in metrics["video_aggregates"].items()}
         lines.append("  video AUC by aggregator: " + ", ".join(f"{name} {auc}" for name, auc in aucs.items()))

@@ -60,6 +60,12 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     assert (metrics["video"]["n"], metrics["video"]["n_real"], metrics["video"]["n_fake"]) == (6, 2, 4)
     assert metrics["video_aggregates"]["mean"]["video"] == metrics["video"]
     assert metrics["aggregation"]["top_fraction"] == 0.25 and metrics["aggregation"]["min_fakes"] == 11
+    # intervals by default, from the recorded seed
+    assert metrics["bootstrap"]["resamples"] == 1000 and metrics["bootstrap"]["seed"] == 0
+    for block in (metrics["frame"], metrics["per_method"]["FaceSwap"]["video"],
+                  metrics["video_aggregates"]["confident"]["video"]):
+        assert block["ci"]["auc"][0] <= block["auc"] <= block["ci"]["auc"][1]
+    assert "95 % intervals (1000 resamples by video, seed 0): AUC frame [" in output
     assert set(metrics["per_method"]) == {"Deepfakes", "FaceSwap"}
 
     frames = read_csv(out / "frames.csv")
