@@ -164,7 +164,8 @@ def run(cfg: ScoreConfig) -> Manifest:
                       device=device, desc=f"score {cfg.split}", cache=_run_cache(loaded, dataset))
 
     train_data = {**detector_run.manifest.extra["train_data"], "method": method.name,
-                  "caveats": detector_run.manifest.extra.get("caveats", [])}  # absent in older runs
+                  "caveats": detector_run.manifest.extra.get("caveats", []),  # absent in older runs
+                  "seed": detector_run.manifest.config["seed"]}
     fitted = _fitted_calibration(detector_run.manifest)
     metrics = {"run": {"train": train_data, "test": test_data},
                **compute_metrics(rows, aggregation=cfg.video_aggregation(), bootstrap=cfg.bootstrap()),

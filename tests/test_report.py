@@ -176,3 +176,22 @@ def test_aggregate_picks_the_video_aggregator_of_the_tables(tmp_path, dirs):
         write_report([scores], tmp_path / "r.md", level="video", aggregate="mode")
     with pytest.raises(LrerrError, match="has no video aggregates .*score it again for --aggregate median"):
         write_report([dirs["in23"]], tmp_path / "r.md", level="video", aggregate="median")
+
+
+def test_cells_show_intervals_and_seeds_show_mean_and_std(tmp_path):
+    seeds = []
+    for seed, auc in ((0, 0.90), (1, 0.94), (2, 0.92)):
+        path = score_dir(tmp_path, f"s{seed}", "lrerr", FFPP, "celebdf", auc=auc)
+        metrics = json.loads((path / "metrics.json").read_text())
+        metrics["run"]["train"]["seed"] = seed
+        metrics["frame"]["ci"] = {"acc": [0.4, 0.6], "auc": [auc - 0.02, auc + 0.01], "ap": None}
+        (path / "metrics.json").write_text(json.dumps(metrics))
+        seeds.append(path)
+    write_report(seeds[:1], tmp_path / "one.md")
+    assert "| LRErr | c23 | — | 90.00 [88.00, 91.00] | — |" in (tmp_path / "one.md").read_text()
+    write_report([*seeds, seeds[1]], tmp_path / "three.md")
+    text = (tmp_path / "three.md").read_text()
+    assert "| LRErr | c23 | — | 92.00 ± 2.00 | — |" in text  # mean and sample std of 90, 94, 92
+    assert (f"{seeds[1]} fills the same cell ('lrerr', 'c23', 'celebdf') as {seeds[0]} with the same seed 1"
+            in text)
+    assert "trained on ffpp c23 [DF, F2F, FS, NT], seed 2, tested on celebdf" in text

@@ -54,7 +54,7 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     validate(metrics, schema("metrics"))
     data = {"dataset": "ffpp", "compression": "c23", "methods": ["Deepfakes", "FaceSwap"]}
     caveats = ["from random weights"] + (["random extractor"] if method == "lrerr" else [])
-    assert metrics["run"] == {"train": {**data, "method": method, "caveats": caveats},
+    assert metrics["run"] == {"train": {**data, "method": method, "caveats": caveats, "seed": 0},
                               "test": {**data, "split": "test"}}
     assert (metrics["frame"]["n"], metrics["frame"]["n_real"], metrics["frame"]["n_fake"]) == (22, 8, 14)
     assert (metrics["video"]["n"], metrics["video"]["n_real"], metrics["video"]["n_fake"]) == (6, 2, 4)
@@ -121,7 +121,7 @@ def test_report_builds_on_the_scores(scored, tmp_path):
     assert result.exit_code == 0, result.output
     text = out.read_text()
     # Trained on two FF++ methods of four: no paper table fits, and the report says so per run.
-    assert ("LRErr (from random weights, random extractor), trained on ffpp c23 [DF, FS], tested on "
+    assert ("LRErr (from random weights, random extractor), trained on ffpp c23 [DF, FS], seed 0, tested on "
             "ffpp c23 [DF, FS] (test split)") in text
     assert "Xception (from random weights), trained on ffpp c23 [DF, FS]" in text
 
