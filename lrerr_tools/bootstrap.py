@@ -101,3 +101,15 @@ class Resampled:
         return {"resamples": self.bootstrap.resamples, "seed": self.bootstrap.seed,
                 "confidence": self.bootstrap.confidence, "by": "video",
                 "strata": "the real videos, and each fake method's videos"}
+
+
+def paired_auc_p_value(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray, videos: np.ndarray,
+                       strata: np.ndarray, bootstrap: Bootstrap) -> float:
+    """Two-sided p-value of "A's AUC equals B's" for two detectors' scores of the same samples
+    (`videos`: each sample's video; `strata`: each video's stratum). Both are resampled with
+    the same draws of the videos, so what the test set's make-up does to both cancels; p is
+    twice the share of resamples whose AUC difference falls on the far side of 0, at most 1."""
+    weights = bootstrap.counts(strata)[:, videos]
+    delta = (resampled_metrics(probs_a, labels, weights, 0.5)["auc"]
+             - resampled_metrics(probs_b, labels, weights, 0.5)["auc"])
+    return float(min(1.0, 2 * min((delta <= 0).mean(), (delta >= 0).mean())))

@@ -18,10 +18,19 @@ from pathlib import Path
 import numpy as np
 
 from lrerr_tools.atomic_io import atomic_write_bytes
+from lrerr_tools.bootstrap import Bootstrap, paired_auc_p_value
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import read_checked_json, schema
+from lrerr_tools.manifest import iter_records, read_checked_json, schema
 from lrerr_tools.methods import all_methods
-from lrerr_tools.metrics import AGGREGATORS, HEADLINE, LEVELS
+from lrerr_tools.metrics import (
+    AGGREGATORS,
+    HEADLINE,
+    LEVELS,
+    Aggregation,
+    checked_frames,
+    video_prob_key,
+    video_rows,
+)
 
 METRICS_FILE = "metrics.json"
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -39,6 +48,7 @@ class Run:
 
     path: Path
     metrics: dict
+    aggregate: str = HEADLINE  # the aggregator of the video blocks in `metrics`
 
     @property
     def train(self) -> dict:
@@ -68,7 +78,7 @@ class Run:
         metrics = {**self.metrics, "video": chosen["video"],
                    "per_method": {m: {**blocks, "video": chosen["per_method"][m]}
                                   for m, blocks in self.metrics["per_method"].items()}}
-        return Run(self.path, metrics)
+        return Run(self.path, metrics, aggregator)
 
     def describe(self) -> str:
         train, test = self.train, self.test
@@ -113,6 +123,15 @@ class Estimate:
         if len(values) == 1 or None in values:
             return estimates[0] if len(values) == 1 else cls(None)
         return cls(float(np.mean(values)), std=float(np.std(values, ddof=1)), seeds=len(values))
+
+
+@dataclass(frozen=True)
+class Gain:
+    """A method's AUC minus its baseline's, with the paired bootstrap p-value where both
+    scores' per-face records could be paired."""
+
+    value: float
+    p_value: float | None
 
 
 @dataclass
@@ -265,7 +284,7 @@ def ablation(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, 
                           for detector in (method, baseline))
             if all(v is None for v in ours) or all(v is None for v in base):
                 continue
-            gain = [_gain(cells, (method, comp, dataset), (baseline, comp, dataset), level)
+            gain = [_gain(cells, (method, comp, dataset), (baseline, comp, dataset), level, notes)
                     for dataset in CROSS_DATASETS]
             table.rows += [[_title(baseline), comp, *base], [_title(method), comp, *ours],
                            [f"{_title(method)} − {_title(baseline)}", comp, *gain]]
@@ -274,12 +293,54 @@ def ablation(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, 
     return table, used
 
 
-def _gain(cells: Cells, ours: tuple, base: tuple, level: str) -> str | None:
-    """The AUC gain of one cell over another, in points."""
+def _gain(cells: Cells, ours: tuple, base: tuple, level: str, notes: list[str]) -> Gain | None:
+    """The AUC gain of one cell over another, and its paired bootstrap p-value on the first
+    score of each cell."""
     a, b = cells.get(ours), cells.get(base)
     if a is None or b is None or a.value is None or b.value is None:
         return None
-    return f"{100 * (a.value - b.value):+.2f}"
+    run_a, run_b = cells.runs(ours)[0], cells.runs(base)[0]
+    try:
+        p_value = paired_p_value(run_a, run_b, level)
+    except LrerrError as e:
+        notes.append(f"Table V: no p-value for {run_a.path} against {run_b.path}: {e}")
+        p_value = None
+    if len(cells.runs(ours)) > 1 or len(cells.runs(base)) > 1:
+        notes.append(f"Table V: the p-value of {ours} against {base} pairs the first seed's scores, "
+                     f"{run_a.path} and {run_b.path}")
+    return Gain(a.value - b.value, p_value)
+
+
+def paired_p_value(run_a: Run, run_b: Run, level: str) -> float:
+    """The paired bootstrap p-value of "A's AUC equals B's" on the faces both scored, at `level`
+    (videos scored by each run's aggregator), resampled by video as in metrics.json."""
+    a, b = (_level_scores(run, level) for run in (run_a, run_b))
+    if a.keys() != b.keys():
+        raise LrerrError(f"they scored different {'faces' if level == 'frame' else 'videos'}")
+    keys = sorted(a)
+    if any(a[k][:2] != b[k][:2] for k in keys):
+        raise LrerrError("their labels or fake methods differ")
+    video_ids = sorted({a[k][3] for k in keys})
+    index = {v: i for i, v in enumerate(video_ids)}
+    strata = {a[k][3]: ("" if a[k][0] == 0 else a[k][1]) for k in keys}
+    return paired_auc_p_value(np.array([a[k][2] for k in keys]), np.array([b[k][2] for k in keys]),
+                              np.array([a[k][0] for k in keys]), np.array([index[a[k][3]] for k in keys]),
+                              np.array([strata[v] for v in video_ids]), Bootstrap())
+
+
+def _level_scores(run: Run, level: str) -> dict[tuple, tuple]:
+    """{sample key: (label, method, prob, video_id)} from a score directory's records: each
+    face by (video_id, frame_index), or each video by its id and the run's aggregator."""
+    if not (run.path / "records.jsonl").is_file():
+        raise LrerrError("a score directory has no records.jsonl to pair")
+    frames = list(iter_records(run.path))
+    if level == "frame":
+        return {(f["video_id"], f["frame_index"]): (f["label"], f["method"], f["prob"], f["video_id"])
+                for f in frames}
+    key = video_prob_key(run.aggregate)
+    aggregation = Aggregation(**run.metrics.get("aggregation", {}))
+    return {(v["video_id"],): (v["label"], v["method"], v[key], v["video_id"])
+            for v in video_rows(checked_frames(frames), aggregation)}
 
 
 BUILDERS = {
@@ -347,6 +408,8 @@ def render_markdown(tables: Sequence[Table], notes: Sequence[str], runs: Sequenc
         "metrics.json as fake; per-method cells score that method's fakes against all reals. "
         "`97.40 [96.80, 98.00]`: a score and its bootstrap 95 % interval (metrics.json's `bootstrap`); "
         "`97.40 ± 0.30`: the mean and standard deviation over the seeds of one setting. "
+        f"Table V's p: a two-sided paired bootstrap of the AUC difference on the same test set "
+        f"({Bootstrap().resamples} resamples by video, seed {Bootstrap().seed}). "
         "— marks a cell no score directory fills.", "",
     ]
     for table in tables:
@@ -363,7 +426,8 @@ def table_csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(table.header)
-    writer.writerows([_format(cell, "") for cell in row] for row in table.rows)
+    # The point values alone, so that every cell stays a number; the Markdown has the rest.
+    writer.writerows([_format(cell, "", plain=True) for cell in row] for row in table.rows)
     return buffer.getvalue()
 
 
@@ -453,10 +517,20 @@ def _data(side: dict) -> str:
     return " ".join(filter(None, [side["dataset"], side["compression"], _methods(side["methods"])]))
 
 
-def _format(cell: str | float | Estimate | None, missing: str) -> str:
+def _p(value: float) -> str:
+    """A bootstrap p-value: 0 says only that no resample crossed 0."""
+    return f"p < {1 / Bootstrap().resamples:g}" if value == 0 else f"p = {value:.3f}"
+
+
+def _format(cell: str | float | Estimate | Gain | None, missing: str, plain: bool = False) -> str:
+    if isinstance(cell, Gain):
+        p = "" if plain or cell.p_value is None else f" ({_p(cell.p_value)})"
+        return f"{100 * cell.value:+.2f}{p}"
     if isinstance(cell, Estimate):
         if cell.value is None:
             return missing
+        if plain:
+            return f"{100 * cell.value:.2f}"
         if cell.std is not None:
             return f"{100 * cell.value:.2f} ± {100 * cell.std:.2f}"
         if cell.interval is not None:

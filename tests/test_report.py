@@ -1,6 +1,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -195,3 +196,44 @@ def test_cells_show_intervals_and_seeds_show_mean_and_std(tmp_path):
     assert (f"{seeds[1]} fills the same cell ('lrerr', 'c23', 'celebdf') as {seeds[0]} with the same seed 1"
             in text)
     assert "trained on ffpp c23 [DF, F2F, FS, NT], seed 2, tested on celebdf" in text
+
+
+def scored_celebdf(root, name, detector, frames):
+    """A score directory of a detector trained on all of FF++, tested on Celeb-DF-v2: its
+    metrics.json and its records, from (video_id, label, frame probs)."""
+    records = [dict(video_id=v, method=v.split("/")[0], label=y, frame_index=i, prob=p)
+               for v, y, probs in frames for i, p in enumerate(probs)]
+    metrics = compute_metrics(records)
+    metrics["run"] = {"train": {"dataset": "ffpp", "compression": "c23", "methods": FFPP, "method": detector},
+                      "test": {"dataset": "celebdf", "compression": None, "methods": ["Celeb-synthesis"],
+                               "split": "test"}}
+    (root / name).mkdir()
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+    (root / name / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root / name
+
+
+def videos(seed, separation, n=30):
+    rng = np.random.default_rng(seed)
+    return [(f"{'Celeb-synthesis' if y else 'Celeb-real'}/{v}", y,
+             list(np.clip(rng.normal(0.5 + separation * (y - 0.5), 0.2, 3), 0, 1)))
+            for v in range(n) for y in (0, 1)]
+
+
+def test_ablation_gains_carry_a_paired_bootstrap_p_value(tmp_path):
+    strong = scored_celebdf(tmp_path, "lrerr", "lrerr", videos(0, separation=0.5))
+    weak = scored_celebdf(tmp_path, "xception", "xception", videos(0, separation=0.0))
+    write_report([strong, weak], tmp_path / "r.md")
+    gain = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| LRErr − ")][0]
+    assert gain.endswith("(p < 0.001) | — |")  # a clear gain on 60 videos: no resample of 1000 crosses 0
+    csv_gain = (tmp_path / "r.ablation.csv").read_text().splitlines()[-1]
+    assert "p =" not in csv_gain and float(csv_gain.split(",")[2]) > 0  # the CSV stays numeric
+    # The same scores twice: every resample's difference is 0, so p = 1.
+    same = scored_celebdf(tmp_path, "same", "xception", videos(0, separation=0.5))
+    write_report([strong, same], tmp_path / "same.md")
+    assert "| LRErr − Xception | c23 | +0.00 (p = 1.000) | — |" in (tmp_path / "same.md").read_text()
+    # Other videos cannot be paired: the gain is shown, with a note instead of p.
+    other = scored_celebdf(tmp_path, "other", "xception", videos(1, separation=0.0, n=20))
+    write_report([strong, other], tmp_path / "other.md", level="video")
+    text = (tmp_path / "other.md").read_text()
+    assert f"Table V: no p-value for {strong} against {other}: they scored different videos" in text
