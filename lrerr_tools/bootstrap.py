@@ -97,6 +97,14 @@ class Resampled:
         return {name: self.bootstrap.interval(values[name]) if name == "acc" or two_classes else None
                 for name in ("acc", "auc", "ap")}
 
+    def acc_interval(self, probs: np.ndarray, labels: np.ndarray, videos: np.ndarray,
+                     threshold: float) -> list[float]:
+        """The Acc interval alone: per resample, the right calls of each drawn video's samples
+        over all drawn samples, from per-video sums."""
+        right = np.bincount(videos, weights=(probs >= threshold) == labels, minlength=self.counts.shape[1])
+        samples = np.bincount(videos, minlength=self.counts.shape[1])
+        return self.bootstrap.interval(self.counts @ right / (self.counts @ samples))
+
     def describe(self) -> dict:
         return {"resamples": self.bootstrap.resamples, "seed": self.bootstrap.seed,
                 "confidence": self.bootstrap.confidence, "by": "video",

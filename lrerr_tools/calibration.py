@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lrerr_tools.bootstrap import Bootstrap, Resampled
+
 FITTED_ON = "val"
 ECE_BINS = 15
 INVERSE_TEMPERATURE_BOUNDS = (1e-3, 1e3)  # T between 0.001 and 1000
@@ -157,13 +159,16 @@ def reliability_plot(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
     return path
 
 
-def apply_calibration(rows: list[dict], logits: np.ndarray, fitted: dict) -> dict:
+def apply_calibration(rows: list[dict], logits: np.ndarray, fitted: dict,
+                      bootstrap: Bootstrap | None = None) -> dict:
     """What the val-fitted `fitted` (train-det's `extra.calibration`) gives on scored rows
     (metrics' rows, with their logits (N,)), at frame and video level:
 
     ```
     {**fitted, "notes": [...],
-     "frame": {"acc": {"0.5": a, "balanced_acc": a, "eer": a}, "ece": e, "ece_scaled": e}, "video": ...}
+     "frame": {"acc": {"0.5": a, "balanced_acc": a, "eer": a}, "ece": e, "ece_scaled": e,
+               "acc_ci": {"0.5": [low, high], ...}},     (acc_ci with `bootstrap`)
+     "video": ...}
     ```
     A video's prob is the mean of its frames' (scaled: of their scaled probs), and its Acc uses
     the same frame-level thresholds. Only `rows`' labels are read from the scored split: the
@@ -175,15 +180,20 @@ def apply_calibration(rows: list[dict], logits: np.ndarray, fitted: dict) -> dic
     temperature, thresholds = fitted["temperature"], fitted["threshold"]
     raw = scores_by_level(rows)
     scaled = None if temperature is None else scores_by_level(scaled_rows(rows, logits, temperature))
+    # The same draws as metrics.json's intervals: the same videos, strata and seed.
+    resampled = None if bootstrap is None else Resampled.of_videos(bootstrap, raw[1].labels, raw[1].methods)
+    cuts = {"0.5": 0.5, **thresholds}
     result = {**{k: v for k, v in fitted.items() if k != "note"}, "notes": notes}
     for i, level in enumerate(LEVELS):
         probs, labels = raw[i].probs, raw[i].labels
         result[level] = {
-            "acc": {"0.5": accuracy(probs, labels, 0.5),
-                    **{name: None if t is None else accuracy(probs, labels, t)
-                       for name, t in thresholds.items()}},
+            "acc": {name: None if t is None else accuracy(probs, labels, t) for name, t in cuts.items()},
             "ece": expected_calibration_error(probs, labels),
             "ece_scaled": None if scaled is None else expected_calibration_error(scaled[i].probs, labels)}
+        if resampled is not None:
+            result[level]["acc_ci"] = {name: None if t is None else
+                                       resampled.acc_interval(probs, labels, raw[i].videos, t)
+                                       for name, t in cuts.items()}
     return result
 
 

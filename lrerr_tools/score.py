@@ -169,7 +169,7 @@ def run(cfg: ScoreConfig) -> Manifest:
     fitted = _fitted_calibration(detector_run.manifest)
     metrics = {"run": {"train": train_data, "test": test_data},
                **compute_metrics(rows, aggregation=cfg.video_aggregation(), bootstrap=cfg.bootstrap()),
-               "calibration": apply_calibration(rows, logits, fitted)}
+               "calibration": apply_calibration(rows, logits, fitted, cfg.bootstrap())}
     jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)
     videos = video_rows(rows, cfg.video_aggregation())

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from lrerr_tools.bootstrap import Bootstrap
 from lrerr_tools.calibration import (
     apply_calibration,
     describe,
@@ -10,6 +11,7 @@ from lrerr_tools.calibration import (
     reliability_plot,
     sigmoid,
 )
+from lrerr_tools.metrics import compute_metrics
 
 
 def logit(p):
@@ -136,3 +138,15 @@ def test_acc_and_ece_at_the_val_calibration():
     unfitted = apply_calibration(rows, logits, {**fit_calibration(logits[:1], labels[:1]), "epoch": 1})
     assert unfitted["frame"]["acc"]["balanced_acc"] is None and unfitted["frame"]["ece_scaled"] is None
     assert unfitted["notes"] == ["only real val faces: no threshold or temperature can be fitted"]
+
+
+def test_acc_intervals_use_the_draws_of_the_metrics_intervals():
+    rows, logits = scored_rows(np.random.default_rng(4))
+    boot = Bootstrap(resamples=200, seed=5)
+    result = apply_calibration(rows, logits, FITTED, boot)
+    metrics = compute_metrics(rows, bootstrap=boot)
+    for level in ("frame", "video"):
+        # at 0.5, the Acc of metrics.json's block, and the same interval
+        assert result[level]["acc_ci"]["0.5"] == pytest.approx(metrics[level]["ci"]["acc"])
+        low, high = result[level]["acc_ci"]["eer"]
+        assert low <= result[level]["acc"]["eer"] <= high

@@ -100,6 +100,7 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     at_val = ((frame_probs >= fitted["threshold"]["balanced_acc"]) == frame_labels).mean()
     assert calibration["frame"]["acc"]["balanced_acc"] == pytest.approx(at_val)
     assert calibration["frame"]["acc"]["0.5"] == metrics["frame"]["acc"]
+    assert calibration["frame"]["acc_ci"]["0.5"] == pytest.approx(metrics["frame"]["ci"]["acc"])
     assert 0 <= calibration["video"]["ece"] <= 1 and 0 <= calibration["video"]["ece_scaled"] <= 1
     assert cv2.imread(str(out / "reliability.png")).shape[1] > cv2.imread(str(out / "roc.png")).shape[1]
     assert "at the val EER threshold" in output and f"reliability: {out / 'reliability.png'}" in output
