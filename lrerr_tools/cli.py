@@ -387,6 +387,7 @@ def train_det(
 
     Multi-GPU: torchrun --nproc_per_node N -m lrerr_tools train-det ...
     """
+    from lrerr_tools.calibration import describe as describe_calibration
     from lrerr_tools.detector.train import DetTrainConfig, run
     from lrerr_tools.methods import get_method
     from lrerr_tools.methods.base import parse_cli_args
@@ -405,6 +406,7 @@ def train_det(
     best = manifest.extra["best"]
     typer.echo(f"best epoch {best['epoch']} ({best['metric']} {best['value']:.4f}): "
                f"{out / manifest.extra['checkpoints']['best']}")
+    typer.echo(describe_calibration(manifest.extra["calibration"]))
 
 
 @app.command("methods")
@@ -436,14 +438,38 @@ def score(
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 4,
     overlays: Annotated[int, typer.Option(
         help="Real and as many fake faces drawn with their attention maps in attention.png.")] = 4,
+    top_fraction: Annotated[float, typer.Option(
+        help="top_k_mean aggregator: the mean of a video's k highest frame probs, k = max(1, floor(this × "
+             "frames)).")] = 0.25,
+    confident_fake_prob: Annotated[float, typer.Option(
+        help="confident aggregator (DFDC winner): a frame with prob above this is a confident fake.")] = 0.8,
+    confident_real_prob: Annotated[float, typer.Option(
+        help="confident aggregator: a frame with prob below this is a confident real.")] = 0.2,
+    confident_fake_divisor: Annotated[float, typer.Option(
+        help="confident aggregator: the confident fakes' mean when there are more than floor(frames / this) "
+             "of them ...")] = 2.5,
+    confident_min_fakes: Annotated[int, typer.Option(
+        help="... and more than this many.")] = 11,
+    confident_real_share: Annotated[float, typer.Option(
+        help="confident aggregator: else the confident reals' mean when more than this share of the frames "
+             "are; else the mean of all.")] = 0.9,
+    resamples: Annotated[int, typer.Option(
+        help="Bootstrap resamples of the videos for the 95 % intervals of every Acc, AUC and AP; 0: no "
+             "intervals.")] = 1000,
+    bootstrap_seed: Annotated[int, typer.Option(help="Seed of the bootstrap's draws.")] = 0,
     overwrite: Annotated[bool, typer.Option(
         help="Discard an earlier score in --out made with another detector, data or config.")] = False,
 ) -> None:
-    """Fake probability per frame and per video (mean of its frames), metrics, ROC and attention plots."""
+    """Fake probability per frame and per video (mean of its frames, and the other aggregators), metrics,
+    calibration, ROC, reliability and attention plots."""
     from lrerr_tools.score import ScoreConfig, describe, run
 
+    aggregation = dict(top_fraction=top_fraction, fake_prob=confident_fake_prob,
+                       real_prob=confident_real_prob, fake_divisor=confident_fake_divisor,
+                       min_fakes=confident_min_fakes, real_share=confident_real_share)
     manifest = run(ScoreConfig(shard_dir=str(shard_dir), detector=str(detector), out=str(out), split=split,
                                batch_size=batch_size, device=device, workers=workers, overlays=overlays,
+                               aggregation=aggregation, resamples=resamples, bootstrap_seed=bootstrap_seed,
                                overwrite=overwrite))
     for line in describe(out, manifest):
         typer.echo(line)
@@ -503,11 +529,14 @@ def report(
     score_dirs: Annotated[list[Path], typer.Argument(help="Score directories, each with a metrics.json.")],
     out: Annotated[Path, typer.Option(help="Markdown file to write; each table's CSV goes beside it.")],
     level: Annotated[str, typer.Option(help="Metrics level in the tables: frame or video.")] = "frame",
+    aggregate: Annotated[str, typer.Option(
+        help="With --level video: how a video's prob comes from its frames': mean (the paper's), median, "
+             "max, top_k_mean or confident.")] = "mean",
 ) -> None:
     """The paper's tables (in-dataset, cross-manipulation, leave-one-out, cross-dataset, ablation)."""
     from lrerr_tools.report import write_report
 
-    for path in write_report(score_dirs, out, level=level):
+    for path in write_report(score_dirs, out, level=level, aggregate=aggregate):
         typer.echo(f"wrote {path}")
 
 

@@ -15,11 +15,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from lrerr_tools.atomic_io import atomic_write_bytes
+from lrerr_tools.bootstrap import Bootstrap, paired_auc_p_value
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.manifest import read_checked_json, schema
+from lrerr_tools.manifest import iter_records, read_checked_json, schema
 from lrerr_tools.methods import all_methods
-from lrerr_tools.metrics import LEVELS
+from lrerr_tools.metrics import (
+    AGGREGATORS,
+    HEADLINE,
+    LEVELS,
+    Aggregation,
+    checked_frames,
+    video_prob_key,
+    video_rows,
+)
 
 METRICS_FILE = "metrics.json"
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -27,6 +38,8 @@ SHORT_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "Neura
 PAPER_COMPRESSIONS = ("c23", "c40")
 LEAVE_ONE_OUT = ("Deepfakes", "Face2Face")  # Table III: GID-DF and GID-F2F
 CROSS_DATASETS = {"celebdf": "Celeb-DF-v2", "dfd": "DFD"}
+AGGREGATE_WORDS = {"mean": "mean", "median": "median", "max": "maximum", "top_k_mean": "top-k mean",
+                   "confident": "DFDC winner's confident mean"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,7 @@ class Run:
 
     path: Path
     metrics: dict
+    aggregate: str = HEADLINE  # the aggregator of the video blocks in `metrics`
 
     @property
     def train(self) -> dict:
@@ -48,10 +62,29 @@ class Run:
     def detector(self) -> str:
         return self.train["method"]
 
+    @property
+    def seed(self) -> int | None:
+        """The detector run's seed; None in scores made before score recorded it."""
+        return self.train.get("seed")
+
+    def with_video_aggregate(self, aggregator: str) -> Run:
+        """This run with its video blocks (overall and per method) scored by `aggregator`."""
+        if aggregator == HEADLINE:
+            return self
+        if "video_aggregates" not in self.metrics:
+            raise LrerrError(f"{self.path}: its {METRICS_FILE} has no video aggregates (scored before score "
+                             f"wrote them); score it again for --aggregate {aggregator}")
+        chosen = self.metrics["video_aggregates"][aggregator]
+        metrics = {**self.metrics, "video": chosen["video"],
+                   "per_method": {m: {**blocks, "video": chosen["per_method"][m]}
+                                  for m, blocks in self.metrics["per_method"].items()}}
+        return Run(self.path, metrics, aggregator)
+
     def describe(self) -> str:
         train, test = self.train, self.test
         caveats = f" ({', '.join(train['caveats'])})" if train.get("caveats") else ""
-        return (f"{_title(self.detector)}{caveats}, trained on {_data(train)}, "
+        seed = "" if self.seed is None else f", seed {self.seed}"
+        return (f"{_title(self.detector)}{caveats}, trained on {_data(train)}{seed}, "
                 f"tested on {_data(test)} ({test['split']} split)")
 
 
@@ -69,9 +102,42 @@ def load_run(score_dir: str | Path) -> Run:
     return Run(Path(score_dir), read_checked_json(path, "metrics", metrics_schema()))
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """A metric in a cell: one score's value with its bootstrap interval where metrics.json
+    has one, or the mean and std of the scores of one setting trained with several seeds."""
+
+    value: float | None
+    interval: list[float] | None = None
+    std: float | None = None
+    seeds: int = 1
+
+    @classmethod
+    def of(cls, block: dict, metric: str) -> Estimate:
+        """A block's metric, with its interval where it has one (EER has none)."""
+        return cls(block[metric], (block.get("ci") or {}).get(metric))
+
+    @classmethod
+    def over_seeds(cls, estimates: Sequence[Estimate]) -> Estimate:
+        values = [e.value for e in estimates]
+        if len(values) == 1 or None in values:
+            return estimates[0] if len(values) == 1 else cls(None)
+        return cls(float(np.mean(values)), std=float(np.std(values, ddof=1)), seeds=len(values))
+
+
+@dataclass(frozen=True)
+class Gain:
+    """A method's AUC minus its baseline's, with the paired bootstrap p-value where both
+    scores' per-face records could be paired."""
+
+    value: float
+    p_value: float | None
+
+
 @dataclass
 class Table:
-    """A table as rows of cells: a str prints as is, a float as a percentage, None as —.
+    """A table as rows of cells: a str prints as is, a float or an Estimate as a percentage
+    (with its interval, or ± its std over seeds), None as —.
 
     `needs` says which runs fill it, for the note when none does.
     """
@@ -79,33 +145,41 @@ class Table:
     title: str
     needs: str
     header: list[str]
-    rows: list[list[str | float | None]] = field(default_factory=list)
+    rows: list[list[str | float | Estimate | None]] = field(default_factory=list)
 
 
 class Cells:
-    """Values by cell key, keeping the first run that fills a cell and noting any other."""
+    """Estimates by cell key. Runs of one setting trained with other seeds share a cell (its
+    mean ± std); any other run that fills a taken cell is noted and left out."""
 
     def __init__(self, table: str, notes: list[str]):
         self.table, self.notes = table, notes
-        self.values: dict[tuple, float | None] = {}
-        self.sources: dict[tuple, Path] = {}
+        self.entries: dict[tuple, list[tuple[Estimate, Run]]] = {}
 
-    def put(self, key: tuple, value: float | None, run: Run) -> None:
-        if key in self.sources:
-            self.notes.append(f"{self.table}: {run.path} fills the same cell {key} as "
-                              f"{self.sources[key]}; kept {self.sources[key]}")
+    def put(self, key: tuple, block: dict, metric: str, run: Run) -> None:
+        entries = self.entries.setdefault(key, [])
+        seeds = {other.seed for _, other in entries}
+        if entries and (run.seed is None or None in seeds or run.seed in seeds):
+            first = entries[0][1].path
+            same_seed = "" if run.seed is None else f" with the same seed {run.seed}"
+            self.notes.append(f"{self.table}: {run.path} fills the same cell {key} as {first}{same_seed}; "
+                              f"kept {first}")
             return
-        self.values[key], self.sources[key] = value, run.path
+        entries.append((Estimate.of(block, metric), run))
 
-    def get(self, key: tuple) -> float | None:
-        return self.values.get(key)
+    def get(self, key: tuple) -> Estimate | None:
+        entries = self.entries.get(key)
+        return Estimate.over_seeds([estimate for estimate, _ in entries]) if entries else None
+
+    def runs(self, key: tuple) -> list[Run]:
+        return [run for _, run in self.entries.get(key, [])]
 
     def keys(self, n: int) -> list[tuple]:
         """The distinct first-`n`-field prefixes of the filled keys, in the paper's row order."""
-        return sorted({key[:n] for key in self.values}, key=_row_order)
+        return sorted({key[:n] for key in self.entries}, key=_row_order)
 
     def used(self) -> set[Path]:
-        return set(self.sources.values())
+        return {run.path for entries in self.entries.values() for _, run in entries}
 
 
 def in_dataset(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:
@@ -115,7 +189,7 @@ def in_dataset(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table
         if _in_dataset(run):
             block = run.metrics[level]
             for metric in ("acc", "auc"):
-                cells.put((run.detector, run.train["compression"], metric), block[metric], run)
+                cells.put((run.detector, run.train["compression"], metric), block, metric, run)
     comps = _compressions(cells, at=1)
     table = Table("Table I — in-dataset (FF++)",
                   "trained and tested on the same FF++ methods, all four of " + _methods(FFPP_METHODS),
@@ -132,14 +206,15 @@ def cross_manipulation(runs: Sequence[Run], level: str, notes: list[str]) -> tup
         if _same_ffpp(run) and len(run.train["methods"]) == 1:
             row = (run.detector, run.train["methods"][0], run.train["compression"])
             for method, blocks in run.metrics["per_method"].items():
-                cells.put((*row, method), blocks[level]["auc"], run)
-    tests = _ordered({key[3] for key in cells.values})
+                cells.put((*row, method), blocks[level], "auc", run)
+    tests = _ordered({key[3] for key in cells.entries})
     table = Table("Table II — cross-manipulation AUC (FF++)", "trained on a single FF++ method",
                   ["Detector", "Train", "Comp"] + [_short(m) for m in tests] + ["Avg"])
     for detector, train, comp in cells.keys(3):
         values = [cells.get((detector, train, comp, m)) for m in tests]
+        points = [None if v is None else v.value for v in values]
         # An average over fewer columns than its neighbours' would not compare with them.
-        avg = None if None in values else sum(values) / len(values)
+        avg = None if None in points else sum(points) / len(points)
         table.rows.append([_title(detector), _short(train), comp, *values, avg])
     return table, cells.used()
 
@@ -155,7 +230,7 @@ def leave_one_out(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Ta
             if set(run.train["methods"]) == others and target in run.metrics["per_method"]:
                 block = run.metrics["per_method"][target][level]
                 for metric in ("acc", "auc"):
-                    cells.put((run.detector, target, run.train["compression"], metric), block[metric], run)
+                    cells.put((run.detector, target, run.train["compression"], metric), block, metric, run)
     columns = [(t, c, m) for t in LEAVE_ONE_OUT for c in _compressions(cells, at=2) for m in ("acc", "auc")]
     table = Table("Table III — leave-one-out (FF++)",
                   "trained on three FF++ methods and tested on the fourth, Deepfakes or Face2Face",
@@ -175,7 +250,7 @@ def cross_dataset_cells(runs: Sequence[Run], level: str, notes: list[str], table
     for run in runs:
         dataset = run.test["dataset"]
         if _full_ffpp(run) and dataset in datasets and (dataset != "ffpp" or _in_dataset(run)):
-            cells.put((run.detector, run.train["compression"], dataset), run.metrics[level]["auc"], run)
+            cells.put((run.detector, run.train["compression"], dataset), run.metrics[level], "auc", run)
     return cells
 
 
@@ -187,7 +262,7 @@ def cross_dataset(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Ta
                   "trained on all of FF++ and tested on Celeb-DF-v2 or DFD",
                   ["Detector", "Train comp", "FF++", *CROSS_DATASETS.values()])
     # FF++ alone would only repeat Table I.
-    if not any(key[2] in CROSS_DATASETS for key in cells.values):
+    if not any(key[2] in CROSS_DATASETS for key in cells.entries):
         return table, set()
     for detector, comp in cells.keys(2):
         table.rows.append([_title(detector), comp, *(cells.get((detector, comp, d)) for d in datasets)])
@@ -203,18 +278,69 @@ def ablation(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, 
                   "Celeb-DF-v2 or DFD", ["Detector", "Train comp", *CROSS_DATASETS.values()])
     used: set[Path] = set()
     pairs = [(name, m.baseline) for name, m in all_methods().items() if m.baseline]
-    for comp in sorted({key[1] for key in cells.values}, key=str):
+    for comp in sorted({key[1] for key in cells.entries}, key=str):
         for method, baseline in pairs:
             ours, base = ([cells.get((detector, comp, dataset)) for dataset in CROSS_DATASETS]
                           for detector in (method, baseline))
             if all(v is None for v in ours) or all(v is None for v in base):
                 continue
-            gain = [None if r is None or x is None else f"{100 * (r - x):+.2f}" for r, x in zip(ours, base)]
+            gain = [_gain(cells, (method, comp, dataset), (baseline, comp, dataset), level, notes)
+                    for dataset in CROSS_DATASETS]
             table.rows += [[_title(baseline), comp, *base], [_title(method), comp, *ours],
                            [f"{_title(method)} − {_title(baseline)}", comp, *gain]]
-            used |= {path for key, path in cells.sources.items()
-                     if key[1] == comp and key[0] in (method, baseline)}
+            used |= {run.path for key in cells.entries if key[1] == comp and key[0] in (method, baseline)
+                     for run in cells.runs(key)}
     return table, used
+
+
+def _gain(cells: Cells, ours: tuple, base: tuple, level: str, notes: list[str]) -> Gain | None:
+    """The AUC gain of one cell over another, and its paired bootstrap p-value on the first
+    score of each cell."""
+    a, b = cells.get(ours), cells.get(base)
+    if a is None or b is None or a.value is None or b.value is None:
+        return None
+    run_a, run_b = cells.runs(ours)[0], cells.runs(base)[0]
+    try:
+        p_value = paired_p_value(run_a, run_b, level)
+    except LrerrError as e:
+        notes.append(f"Table V: no p-value for {run_a.path} against {run_b.path}: {e}")
+        p_value = None
+    if len(cells.runs(ours)) > 1 or len(cells.runs(base)) > 1:
+        notes.append(f"Table V: the p-value of {ours} against {base} pairs the first seed's scores, "
+                     f"{run_a.path} and {run_b.path}")
+    return Gain(a.value - b.value, p_value)
+
+
+def paired_p_value(run_a: Run, run_b: Run, level: str) -> float:
+    """The paired bootstrap p-value of "A's AUC equals B's" on the faces both scored, at `level`
+    (videos scored by each run's aggregator), resampled by video as in metrics.json."""
+    a, b = (_level_scores(run, level) for run in (run_a, run_b))
+    if a.keys() != b.keys():
+        raise LrerrError(f"they scored different {'faces' if level == 'frame' else 'videos'}")
+    keys = sorted(a)
+    if any(a[k][:2] != b[k][:2] for k in keys):
+        raise LrerrError("their labels or fake methods differ")
+    video_ids = sorted({a[k][3] for k in keys})
+    index = {v: i for i, v in enumerate(video_ids)}
+    strata = {a[k][3]: ("" if a[k][0] == 0 else a[k][1]) for k in keys}
+    return paired_auc_p_value(np.array([a[k][2] for k in keys]), np.array([b[k][2] for k in keys]),
+                              np.array([a[k][0] for k in keys]), np.array([index[a[k][3]] for k in keys]),
+                              np.array([strata[v] for v in video_ids]), Bootstrap())
+
+
+def _level_scores(run: Run, level: str) -> dict[tuple, tuple]:
+    """{sample key: (label, method, prob, video_id)} from a score directory's records: each
+    face by (video_id, frame_index), or each video by its id and the run's aggregator."""
+    if not (run.path / "records.jsonl").is_file():
+        raise LrerrError("a score directory has no records.jsonl to pair")
+    frames = list(iter_records(run.path))
+    if level == "frame":
+        return {(f["video_id"], f["frame_index"]): (f["label"], f["method"], f["prob"], f["video_id"])
+                for f in frames}
+    key = video_prob_key(run.aggregate)
+    aggregation = Aggregation(**run.metrics.get("aggregation", {}))
+    return {(v["video_id"],): (v["label"], v["method"], v[key], v["video_id"])
+            for v in video_rows(checked_frames(frames), aggregation)}
 
 
 BUILDERS = {
@@ -239,7 +365,7 @@ def other_scores(runs: Sequence[Run], level: str) -> Table:
                                                  for method, per in run.metrics["per_method"].items()]
         for fakes, block in blocks:
             table.rows.append([_title(run.detector), _data(run.train), _data(run.test), run.test["split"],
-                               fakes, str(block["n"]), *(block[name] for name in metrics)])
+                               fakes, str(block["n"]), *(Estimate.of(block, name) for name in metrics)])
     return table
 
 
@@ -273,11 +399,17 @@ def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], lis
     return tables, notes
 
 
-def render_markdown(tables: Sequence[Table], notes: Sequence[str], runs: Sequence[Run], level: str) -> str:
+def render_markdown(tables: Sequence[Table], notes: Sequence[str], runs: Sequence[Run], level: str,
+                    aggregate: str = HEADLINE) -> str:
+    scored = f" (a video's prob: the {AGGREGATE_WORDS[aggregate]} of its frames')" if level == "video" else ""
     lines = [
         "# LRErr evaluation report", "",
-        f"{level.capitalize()}-level AUC and Acc in %. Acc counts prob ≥ the threshold in each "
+        f"{level.capitalize()}-level AUC and Acc in %{scored}. Acc counts prob ≥ the threshold in each "
         "metrics.json as fake; per-method cells score that method's fakes against all reals. "
+        "`97.40 [96.80, 98.00]`: a score and its bootstrap 95 % interval (metrics.json's `bootstrap`); "
+        "`97.40 ± 0.30`: the mean and standard deviation over the seeds of one setting. "
+        f"Table V's p: a two-sided paired bootstrap of the AUC difference on the same test set "
+        f"({Bootstrap().resamples} resamples by video, seed {Bootstrap().seed}). "
         "— marks a cell no score directory fills.", "",
     ]
     for table in tables:
@@ -294,21 +426,28 @@ def table_csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(table.header)
-    writer.writerows([_format(cell, "") for cell in row] for row in table.rows)
+    # The point values alone, so that every cell stays a number; the Markdown has the rest.
+    writer.writerows([_format(cell, "", plain=True) for cell in row] for row in table.rows)
     return buffer.getvalue()
 
 
-def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str = "frame") -> list[Path]:
-    """Write the Markdown report to `out` and each table as `<out stem>.<table>.csv` beside it."""
+def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str = "frame",
+                 aggregate: str = HEADLINE) -> list[Path]:
+    """Write the Markdown report to `out` and each table as `<out stem>.<table>.csv` beside it.
+    `aggregate` names the video aggregator of the video-level tables."""
     if not score_dirs:
         raise LrerrError("no score directories given")
+    if aggregate not in AGGREGATORS:
+        raise LrerrError(f"--aggregate must be one of {', '.join(AGGREGATORS)}, got {aggregate}")
+    if aggregate != HEADLINE and level != "video":
+        raise LrerrError(f"--aggregate {aggregate} scores videos: add --level video")
     out = Path(out)
     if out.is_dir():
         raise LrerrError(f"--out {out}: is a directory; name the Markdown file to write, e.g. "
                          f"{out / 'report.md'}")
-    runs = [load_run(d) for d in score_dirs]
+    runs = [load_run(d).with_video_aggregate(aggregate) for d in score_dirs]
     tables, notes = build_tables(runs, level)
-    atomic_write_bytes(out, render_markdown(list(tables.values()), notes, runs, level).encode())
+    atomic_write_bytes(out, render_markdown(list(tables.values()), notes, runs, level, aggregate).encode())
     written = [out]
     for key in (*BUILDERS, OTHER):
         path = out.with_name(f"{out.stem}.{key}.csv")
@@ -336,7 +475,7 @@ def _same_ffpp(run: Run) -> bool:
 
 def _compressions(cells: Cells, at: int) -> list[str]:
     """The paper's c23 and c40 columns, then any other compression a run used (key field `at`)."""
-    seen = {key[at] for key in cells.values}
+    seen = {key[at] for key in cells.entries}
     return list(PAPER_COMPRESSIONS) + sorted(c for c in seen - set(PAPER_COMPRESSIONS) if c)
 
 
@@ -354,7 +493,7 @@ def _row_order(key: tuple) -> tuple:
 
 def _detectors(cells: Cells) -> list[str]:
     """The detector methods with a filled cell, in registry order: one table row each."""
-    return [name for name in all_methods() if any(key[0] == name for key in cells.values)]
+    return [name for name in all_methods() if any(key[0] == name for key in cells.entries)]
 
 
 def _title(method: str) -> str:
@@ -378,7 +517,26 @@ def _data(side: dict) -> str:
     return " ".join(filter(None, [side["dataset"], side["compression"], _methods(side["methods"])]))
 
 
-def _format(cell: str | float | None, missing: str) -> str:
+def _p(value: float) -> str:
+    """A bootstrap p-value: 0 says only that no resample crossed 0."""
+    return f"p < {1 / Bootstrap().resamples:g}" if value == 0 else f"p = {value:.3f}"
+
+
+def _format(cell: str | float | Estimate | Gain | None, missing: str, plain: bool = False) -> str:
+    if isinstance(cell, Gain):
+        p = "" if plain or cell.p_value is None else f" ({_p(cell.p_value)})"
+        return f"{100 * cell.value:+.2f}{p}"
+    if isinstance(cell, Estimate):
+        if cell.value is None:
+            return missing
+        if plain:
+            return f"{100 * cell.value:.2f}"
+        if cell.std is not None:
+            return f"{100 * cell.value:.2f} ± {100 * cell.std:.2f}"
+        if cell.interval is not None:
+            low, high = cell.interval
+            return f"{100 * cell.value:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+        return f"{100 * cell.value:.2f}"
     if cell is None:
         return missing
     return cell if isinstance(cell, str) else f"{100 * cell:.2f}"

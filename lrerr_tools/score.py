@@ -7,6 +7,8 @@ shard directory, and the paper's metrics on it.
     OUT/frames.csv                     video_id, method, label, frame_index, prob
     OUT/videos.csv                     per video: the mean prob of its frames
     OUT/roc.png                        frame- and video-level ROC curves
+    OUT/reliability.png                frame- and video-level reliability diagrams, before and
+                                       after the detector's val temperature
     OUT/attention.png                  the method's figure, if it has one (LRErr: faces,
                                        reconstructions and attention maps)
     OUT/work/config.json               the config OUT was claimed with (see stage_dir.py)
@@ -23,7 +25,7 @@ import csv
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,6 +34,8 @@ import numpy as np
 from torch.utils.data import default_collate
 
 from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json
+from lrerr_tools.bootstrap import Bootstrap
+from lrerr_tools.calibration import apply_calibration, reliability_plot, scaled_rows, unfitted
 from lrerr_tools.detector.checkpoint import load_detector
 from lrerr_tools.detector.frozen_cache import FrozenCache
 from lrerr_tools.detector.overlays import pick_faces
@@ -41,7 +45,16 @@ from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.grid import write_grid
 from lrerr_tools.manifest import Manifest, open_parent, write_stage
 from lrerr_tools.methods import get_method
-from lrerr_tools.metrics import LEVELS, compute_metrics, roc_plot, video_rows
+from lrerr_tools.metrics import (
+    AGGREGATORS,
+    LEVELS,
+    Aggregation,
+    compute_metrics,
+    roc_plot,
+    scores_by_level,
+    video_prob_key,
+    video_rows,
+)
 from lrerr_tools.report import METRICS_FILE, metrics_schema
 from lrerr_tools.shard_dataset import SPLITS, ShardDataset
 from lrerr_tools.stage_dir import existing_manifest, prepare_output
@@ -51,9 +64,10 @@ log = logging.getLogger(__name__)
 
 STAGE = "score"
 FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE = "frames.csv", "videos.csv", "roc.png", "attention.png"
-OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE)
+RELIABILITY_FILE = "reliability.png"
+OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, RELIABILITY_FILE, ATTENTION_FILE)
 FRAME_FIELDS = ["video_id", "method", "label", "frame_index", "prob"]
-VIDEO_FIELDS = ["video_id", "method", "label", "frames", "prob"]
+VIDEO_FIELDS = ["video_id", "method", "label", "frames", *map(video_prob_key, AGGREGATORS)]
 
 
 @dataclass
@@ -66,6 +80,10 @@ class ScoreConfig:
     device: str = "auto"
     workers: int = 4
     overlays: int = 4
+    # The video aggregators' constants (metrics.Aggregation); check() fills in the defaults.
+    aggregation: dict = field(default_factory=dict)
+    resamples: int = 1000  # bootstrap resamples of the videos for the intervals; 0: none
+    bootstrap_seed: int = 0
     overwrite: bool = False
     # How a run is carried out; changing these does not change its output (each face's
     # reconstruction mask is its own, whatever batch it is in). The inputs are identified by
@@ -85,6 +103,20 @@ class ScoreConfig:
             raise LrerrError("--batch-size must be at least 1")
         if self.workers < 0 or self.overlays < 0:
             raise LrerrError("--workers and --overlays must be 0 or more")
+        if self.resamples:
+            self.bootstrap().check()
+        aggregation = self.video_aggregation()
+        aggregation.check()
+        self.aggregation = asdict(aggregation)
+
+    def video_aggregation(self) -> Aggregation:
+        unknown = set(self.aggregation) - set(asdict(Aggregation()))
+        if unknown:
+            raise LrerrError(f"aggregation: unknown constants {', '.join(sorted(unknown))}")
+        return Aggregation(**self.aggregation)
+
+    def bootstrap(self) -> Bootstrap | None:
+        return Bootstrap(resamples=self.resamples, seed=self.bootstrap_seed) if self.resamples else None
 
 
 def _csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
@@ -128,18 +160,24 @@ def run(cfg: ScoreConfig) -> Manifest:
     method, net, context, detector_run = loaded.method, loaded.net, loaded.context, loaded.run
     method.check_data(dataset, context)
     prepare_output(out, STAGE, identity, cfg.overwrite, OUTPUTS)
-    rows, _ = predict(method, net, context, dataset, batch_size=cfg.batch_size, workers=cfg.workers,
+    rows, logits = predict(method, net, context, dataset, batch_size=cfg.batch_size, workers=cfg.workers,
                       device=device, desc=f"score {cfg.split}", cache=_run_cache(loaded, dataset))
 
     train_data = {**detector_run.manifest.extra["train_data"], "method": method.name,
-                  "caveats": detector_run.manifest.extra.get("caveats", [])}  # absent in older runs
-    metrics = {"run": {"train": train_data, "test": test_data}, **compute_metrics(rows)}
+                  "caveats": detector_run.manifest.extra.get("caveats", []),  # absent in older runs
+                  "seed": detector_run.manifest.config["seed"]}
+    fitted = _fitted_calibration(detector_run.manifest)
+    metrics = {"run": {"train": train_data, "test": test_data},
+               **compute_metrics(rows, aggregation=cfg.video_aggregation(), bootstrap=cfg.bootstrap()),
+               "calibration": apply_calibration(rows, logits, fitted, cfg.bootstrap())}
     jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)
-    videos = video_rows(rows)
+    videos = video_rows(rows, cfg.video_aggregation())
     atomic_write_bytes(out / FRAMES_CSV, _csv_bytes(rows, FRAME_FIELDS))
     atomic_write_bytes(out / VIDEOS_CSV, _csv_bytes(videos, VIDEO_FIELDS))
-    roc_plot(rows, out / ROC_FILE, title=f"{method.title} on {test_data['dataset']} {cfg.split}")
+    title = f"{method.title} on {test_data['dataset']} {cfg.split}"
+    roc_plot(rows, out / ROC_FILE, title=title)
+    _reliability_plot(rows, logits, fitted["temperature"], out / RELIABILITY_FILE, title)
     attention = f"none: {method.title} has no figure"
     if method.figure_title and cfg.overlays:
         picks = pick_faces(dataset.labels, cfg.overlays)
@@ -161,6 +199,27 @@ def run(cfg: ScoreConfig) -> Manifest:
     return write_stage(out, manifest, ({**r, "split": cfg.split} for r in rows))
 
 
+def _fitted_calibration(detector: Manifest) -> dict:
+    """The detector run's val calibration; null, with a note, for a run made before train-det
+    recorded one."""
+    fitted = detector.extra.get("calibration")
+    if fitted is None:
+        return {**unfitted("the detector run records no val calibration (trained by an older version)"),
+                "epoch": None}
+    return fitted
+
+
+def _reliability_plot(rows: list[dict], logits, temperature: float | None, path: Path, title: str) -> None:
+    curves = {"raw": rows}
+    if temperature is not None:
+        curves[f"T = {temperature:.3g} (val)"] = scaled_rows(rows, logits, temperature)
+    by_level = {level: {} for level in LEVELS}
+    for label, curve_rows in curves.items():
+        for level, scores in zip(LEVELS, scores_by_level(curve_rows)):
+            by_level[level][label] = (scores.probs, scores.labels)
+    reliability_plot(by_level, path, title)
+
+
 def count_records(records: list[dict], manifest: Manifest) -> dict[str, int]:
     """The counts that follow from the records."""
     return _counts(records)
@@ -172,6 +231,10 @@ def _counts(rows: list[dict]) -> dict[str, int]:
     return {"frames": len(rows), "frames_real": int((labels == 0).sum()), "frames_fake": int(labels.sum()),
             "videos": len(video_labels), "videos_real": int((video_labels == 0).sum()),
             "videos_fake": int(video_labels.sum())}
+
+
+def fmt_interval(interval: list[float] | None) -> str:
+    return "n/a" if interval is None else f"[{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
 
 
 def describe(out: str | Path, manifest: Manifest) -> list[str]:
@@ -194,8 +257,29 @@ def describe(out: str | Path, manifest: Manifest) -> list[str]:
     for method, blocks in metrics["per_method"].items():
         lines.append(f"  {method}: AUC frame {fmt(blocks['frame']['auc']).strip()}, "
                      f"video {fmt(blocks['video']['auc']).strip()}")
+    if "bootstrap" in metrics:  # absent with --resamples 0 and in scores made before intervals
+        boot = metrics["bootstrap"]
+        aucs = ", ".join(f"{level} {fmt_interval(metrics[level]['ci']['auc'])}" for level in LEVELS)
+        lines.append(f"  {100 * boot['confidence']:g} % intervals ({boot['resamples']} resamples by video, "
+                     f"seed {boot['seed']}): AUC {aucs}")
+    if "video_aggregates" in metrics:  # absent in scores made before score wrote them
+        aucs = {name: fmt(agg["video"]["auc"]).strip() for name, agg in metrics["video_aggregates"].items()}
+        lines.append("  video AUC by aggregator: " + ", ".join(f"{name} {auc}" for name, auc in aucs.items()))
     lines += [f"  note: {note}" for note in metrics["notes"]]
+    calibration = metrics.get("calibration")  # absent in scores made before score applied it
+    if calibration is not None:
+        lines.append(f"  calibration (val, epoch {calibration['epoch']}, T = {calibration['temperature']}):")
+        for level in LEVELS:
+            c = calibration[level]
+            lines.append(f"  {level:<6}Acc {fmt(c['acc']['0.5']).strip()} at 0.5, "
+                         f"{fmt(c['acc']['balanced_acc']).strip()} at the val threshold, "
+                         f"{fmt(c['acc']['eer']).strip()} at the val EER threshold; "
+                         f"ECE {fmt(c['ece']).strip()}, {fmt(c['ece_scaled']).strip()} scaled")
+        lines += [f"  note: {note}" for note in calibration["notes"]]
     attention = manifest.extra["attention"]
-    lines += [f"roc:       {out / ROC_FILE}",
+    lines.append(f"roc:       {out / ROC_FILE}")
+    if calibration is not None:
+        lines.append(f"reliability: {out / RELIABILITY_FILE}")
+    lines += [
               f"attention: {out / attention if attention == ATTENTION_FILE else attention}"]
     return lines

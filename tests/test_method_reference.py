@@ -23,6 +23,10 @@ def close(actual, expected, where):
         assert actual.keys() == expected.keys(), where
         for key in expected:
             close(actual[key], expected[key], f"{where}/{key}")
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            close(a, e, f"{where}/{i}")
     elif isinstance(expected, float):
         assert actual == pytest.approx(expected, abs=1e-6), where
     else:

@@ -1,11 +1,12 @@
 import json
 
 import jsonschema
+import numpy as np
 import pytest
 
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import schema
-from lrerr_tools.metrics import compute_metrics, roc_plot
+from lrerr_tools.metrics import Aggregation, compute_metrics, roc_plot
 
 
 def rows(*specs):
@@ -94,3 +95,52 @@ def test_roc_plot_writes_a_png(tmp_path):
     for name, scores in (("two.png", FOUR_FRAMES), ("one.png", rows(("youtube/a", 0, 0.2)))):
         path = roc_plot(scores, tmp_path / "plots" / name)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def frames_of(video_id, label, probs):
+    return rows(*((video_id, label, p) for p in probs))
+
+
+def test_each_aggregator_by_hand():
+    video = np.array([0.1, 0.2, 0.9, 0.4, 0.3, 0.6, 0.7, 0.5])
+    agg = Aggregation()
+    assert agg.video_prob(video, "mean") == pytest.approx(0.4625)
+    assert agg.video_prob(video, "median") == pytest.approx(0.45)
+    assert agg.video_prob(video, "max") == 0.9
+    assert agg.video_prob(video, "top_k_mean") == pytest.approx((0.9 + 0.7) / 2)  # k = floor(8 / 4) = 2
+    assert agg.video_prob(video[:3], "top_k_mean") == 0.9  # k = floor(0.75) → at least 1
+    # The confident rule: 8 frames, one above 0.8 — not more than 11, not more than 8 // 2.5 = 3;
+    # two below 0.2, not more than 0.9 × 8: the plain mean.
+    assert agg.video_prob(video, "confident") == pytest.approx(0.4625)
+    # 20 frames, 12 of them > 0.8: 12 > 20 // 2.5 = 8 and 12 > 11, so the mean of the 12.
+    confident_fake = np.array([0.95] * 12 + [0.1] * 8)
+    assert agg.video_prob(confident_fake, "confident") == pytest.approx(0.95)
+    assert agg.video_prob(confident_fake[1:], "confident") == pytest.approx(confident_fake[1:].mean())
+    # 10 of 11 frames < 0.2, more than 0.9 × 11: the mean of those ten; 8 of 10 is not more than 9.
+    confident_real = np.array([0.05] * 9 + [0.15])
+    assert agg.video_prob(np.append(confident_real, 0.6), "confident") == pytest.approx(0.06)
+    assert agg.video_prob(np.append(confident_real[:8], [0.6, 0.6]), "confident") == pytest.approx(0.16)
+    # The constants are options: 2 of 9 frames > 0.8, more than 9 // 8 = 1 and more than 0.
+    relaxed = Aggregation(min_fakes=0, fake_divisor=8)
+    assert relaxed.video_prob(np.append(video, 0.85), "confident") == pytest.approx(0.875)
+
+
+def test_video_aggregates_sit_beside_the_headline_mean():
+    scores = (frames_of("youtube/000", 0, [0.1, 0.2, 0.9]) + frames_of("youtube/001", 0, [0.3] * 3)
+              + frames_of("Deepfakes/000", 1, [0.2, 0.25, 0.3])
+              + frames_of("FaceSwap/000", 1, [0.6, 0.1, 0.1]))
+    m = compute_metrics(scores)
+    aggregates = m["video_aggregates"]
+    assert list(aggregates) == ["mean", "median", "max", "top_k_mean", "confident"]
+    assert aggregates["mean"] == {"video": m["video"], "per_method": {k: v["video"] for k, v in
+                                                                      m["per_method"].items()}}
+    # Video probs by max: real 0.9 and 0.3, Deepfakes 0.3, FaceSwap 0.6 → fake-real pairs ranked
+    # right: 0.3 vs 0.9 no, vs 0.3 tie (½), 0.6 vs 0.9 no, vs 0.3 yes → 1.5 / 4.
+    assert aggregates["max"]["video"]["auc"] == pytest.approx(0.375)
+    # By median: reals 0.2, 0.3; Deepfakes 0.25, FaceSwap 0.1 → 1 / 4.
+    assert aggregates["median"]["video"]["auc"] == pytest.approx(0.25)
+    assert aggregates["median"]["per_method"]["Deepfakes"]["auc"] == pytest.approx(0.5)
+    assert m["aggregation"] == {"top_fraction": 0.25, "fake_prob": 0.8, "real_prob": 0.2, "fake_divisor": 2.5,
+                                "min_fakes": 11, "real_share": 0.9}
+    with pytest.raises(LrerrError, match="--top-fraction must be in"):
+        compute_metrics(scores, aggregation=Aggregation(top_fraction=0))

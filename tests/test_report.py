@@ -1,6 +1,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -146,3 +147,93 @@ def test_cli_reports_and_rejects_bad_dirs(dirs, tmp_path):
     (bad / "metrics.json").write_text(json.dumps({"run": {}}))
     result = runner.invoke(app, ["report", str(bad), *out])
     assert result.exit_code == 2 and "metrics.json: invalid metrics at top level" in result.output
+
+
+def aggregated_score_dir(root, name):
+    """A real metrics.json of 2 real and 2 fake videos whose mean and max rank them differently."""
+    frames = [("youtube/0", 0, [0.1, 0.2, 0.9]), ("youtube/1", 0, [0.3, 0.3, 0.3]),
+              ("Deepfakes/0", 1, [0.4, 0.4, 0.4]), ("Deepfakes/1", 1, [0.6, 0.1, 0.1])]
+    metrics = compute_metrics([dict(video_id=v, method=v.split("/")[0], label=y, prob=p)
+                               for v, y, probs in frames for p in probs])
+    side = {"dataset": "ffpp", "compression": "c23", "methods": ["Deepfakes"]}
+    metrics["run"] = {"train": {**side, "method": "xception"}, "test": {**side, "split": "test"}}
+    (root / name).mkdir()
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+    return root / name
+
+
+def test_aggregate_picks_the_video_aggregator_of_the_tables(tmp_path, dirs):
+    scores = aggregated_score_dir(tmp_path, "agg")
+    # Video means: reals 0.4, 0.3; fakes 0.4, 0.267 → AUC (0.5 + 1 + 0 + 0) / 4. Maxes: reals 0.9,
+    # 0.3; fakes 0.4, 0.6 → AUC (0 + 1 + 0 + 1) / 4.
+    for aggregate, auc in (("mean", "37.50"), ("max", "50.00")):
+        write_report([scores], tmp_path / "r.md", level="video", aggregate=aggregate)
+        text = (tmp_path / "r.md").read_text()
+        assert f"| Xception | DF | c23 | {auc} | {auc} |" in text
+    assert "a video's prob: the maximum of its frames'" in text
+    with pytest.raises(LrerrError, match="--aggregate max scores videos: add --level video"):
+        write_report([scores], tmp_path / "r.md", aggregate="max")
+    with pytest.raises(LrerrError, match="--aggregate must be one of mean, median, max, top_k_mean, conf"):
+        write_report([scores], tmp_path / "r.md", level="video", aggregate="mode")
+    with pytest.raises(LrerrError, match="has no video aggregates .*score it again for --aggregate median"):
+        write_report([dirs["in23"]], tmp_path / "r.md", level="video", aggregate="median")
+
+
+def test_cells_show_intervals_and_seeds_show_mean_and_std(tmp_path):
+    seeds = []
+    for seed, auc in ((0, 0.90), (1, 0.94), (2, 0.92)):
+        path = score_dir(tmp_path, f"s{seed}", "lrerr", FFPP, "celebdf", auc=auc)
+        metrics = json.loads((path / "metrics.json").read_text())
+        metrics["run"]["train"]["seed"] = seed
+        metrics["frame"]["ci"] = {"acc": [0.4, 0.6], "auc": [auc - 0.02, auc + 0.01], "ap": None}
+        (path / "metrics.json").write_text(json.dumps(metrics))
+        seeds.append(path)
+    write_report(seeds[:1], tmp_path / "one.md")
+    assert "| LRErr | c23 | — | 90.00 [88.00, 91.00] | — |" in (tmp_path / "one.md").read_text()
+    write_report([*seeds, seeds[1]], tmp_path / "three.md")
+    text = (tmp_path / "three.md").read_text()
+    assert "| LRErr | c23 | — | 92.00 ± 2.00 | — |" in text  # mean and sample std of 90, 94, 92
+    assert (f"{seeds[1]} fills the same cell ('lrerr', 'c23', 'celebdf') as {seeds[0]} with the same seed 1"
+            in text)
+    assert "trained on ffpp c23 [DF, F2F, FS, NT], seed 2, tested on celebdf" in text
+
+
+def scored_celebdf(root, name, detector, frames):
+    """A score directory of a detector trained on all of FF++, tested on Celeb-DF-v2: its
+    metrics.json and its records, from (video_id, label, frame probs)."""
+    records = [dict(video_id=v, method=v.split("/")[0], label=y, frame_index=i, prob=p)
+               for v, y, probs in frames for i, p in enumerate(probs)]
+    metrics = compute_metrics(records)
+    metrics["run"] = {"train": {"dataset": "ffpp", "compression": "c23", "methods": FFPP, "method": detector},
+                      "test": {"dataset": "celebdf", "compression": None, "methods": ["Celeb-synthesis"],
+                               "split": "test"}}
+    (root / name).mkdir()
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+    (root / name / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root / name
+
+
+def videos(seed, separation, n=30):
+    rng = np.random.default_rng(seed)
+    return [(f"{'Celeb-synthesis' if y else 'Celeb-real'}/{v}", y,
+             list(np.clip(rng.normal(0.5 + separation * (y - 0.5), 0.2, 3), 0, 1)))
+            for v in range(n) for y in (0, 1)]
+
+
+def test_ablation_gains_carry_a_paired_bootstrap_p_value(tmp_path):
+    strong = scored_celebdf(tmp_path, "lrerr", "lrerr", videos(0, separation=0.5))
+    weak = scored_celebdf(tmp_path, "xception", "xception", videos(0, separation=0.0))
+    write_report([strong, weak], tmp_path / "r.md")
+    gain = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| LRErr − ")][0]
+    assert gain.endswith("(p < 0.001) | — |")  # a clear gain on 60 videos: no resample of 1000 crosses 0
+    csv_gain = (tmp_path / "r.ablation.csv").read_text().splitlines()[-1]
+    assert "p =" not in csv_gain and float(csv_gain.split(",")[2]) > 0  # the CSV stays numeric
+    # The same scores twice: every resample's difference is 0, so p = 1.
+    same = scored_celebdf(tmp_path, "same", "xception", videos(0, separation=0.5))
+    write_report([strong, same], tmp_path / "same.md")
+    assert "| LRErr − Xception | c23 | +0.00 (p = 1.000) | — |" in (tmp_path / "same.md").read_text()
+    # Other videos cannot be paired: the gain is shown, with a note instead of p.
+    other = scored_celebdf(tmp_path, "other", "xception", videos(1, separation=0.0, n=20))
+    write_report([strong, other], tmp_path / "other.md", level="video")
+    text = (tmp_path / "other.md").read_text()
+    assert f"Table V: no p-value for {strong} against {other}: they scored different videos" in text

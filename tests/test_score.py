@@ -2,6 +2,7 @@ import csv
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from jsonschema import validate
@@ -53,10 +54,18 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     validate(metrics, schema("metrics"))
     data = {"dataset": "ffpp", "compression": "c23", "methods": ["Deepfakes", "FaceSwap"]}
     caveats = ["from random weights"] + (["random extractor"] if method == "lrerr" else [])
-    assert metrics["run"] == {"train": {**data, "method": method, "caveats": caveats},
+    assert metrics["run"] == {"train": {**data, "method": method, "caveats": caveats, "seed": 0},
                               "test": {**data, "split": "test"}}
     assert (metrics["frame"]["n"], metrics["frame"]["n_real"], metrics["frame"]["n_fake"]) == (22, 8, 14)
     assert (metrics["video"]["n"], metrics["video"]["n_real"], metrics["video"]["n_fake"]) == (6, 2, 4)
+    assert metrics["video_aggregates"]["mean"]["video"] == metrics["video"]
+    assert metrics["aggregation"]["top_fraction"] == 0.25 and metrics["aggregation"]["min_fakes"] == 11
+    # intervals by default, from the recorded seed
+    assert metrics["bootstrap"]["resamples"] == 1000 and metrics["bootstrap"]["seed"] == 0
+    for block in (metrics["frame"], metrics["per_method"]["FaceSwap"]["video"],
+                  metrics["video_aggregates"]["confident"]["video"]):
+        assert block["ci"]["auc"][0] <= block["auc"] <= block["ci"]["auc"][1]
+    assert "95 % intervals (1000 resamples by video, seed 0): AUC frame [" in output
     assert set(metrics["per_method"]) == {"Deepfakes", "FaceSwap"}
 
     frames = read_csv(out / "frames.csv")
@@ -70,6 +79,7 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     for video_id, video in by_video.items():
         own = [float(f["prob"]) for f in frames if f["video_id"] == video_id]
         assert int(video["frames"]) == len(own) and float(video["prob"]) == pytest.approx(sum(own) / len(own))
+        assert float(video["prob_max"]) == max(own) and float(video["prob_median"]) == np.median(own)
     assert {by_video[v]["frames"] for v in by_video if v.startswith("FaceSwap/")} <= {"3", "4"}
 
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
@@ -81,6 +91,19 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     assert manifest.extra["precision"] == detector.extra["eval_precision"] == "float32"
     assert verify(out) == []
     assert cv2.imread(str(out / "roc.png")) is not None
+    # the detector's val thresholds and temperature, applied: none is fitted on test
+    fitted = detector.extra["calibration"]
+    calibration = metrics["calibration"]
+    assert {k: calibration[k] for k in fitted} == fitted and calibration["temperature"] > 0
+    frame_probs = np.array([float(f["prob"]) for f in frames])
+    frame_labels = np.array([int(f["label"]) for f in frames])
+    at_val = ((frame_probs >= fitted["threshold"]["balanced_acc"]) == frame_labels).mean()
+    assert calibration["frame"]["acc"]["balanced_acc"] == pytest.approx(at_val)
+    assert calibration["frame"]["acc"]["0.5"] == metrics["frame"]["acc"]
+    assert calibration["frame"]["acc_ci"]["0.5"] == pytest.approx(metrics["frame"]["ci"]["acc"])
+    assert 0 <= calibration["video"]["ece"] <= 1 and 0 <= calibration["video"]["ece_scaled"] <= 1
+    assert cv2.imread(str(out / "reliability.png")).shape[1] > cv2.imread(str(out / "roc.png")).shape[1]
+    assert "at the val EER threshold" in output and f"reliability: {out / 'reliability.png'}" in output
     assert "score complete" in output and "frame" in output and f"roc:       {out / 'roc.png'}" in output
     if method == "lrerr":
         image = cv2.imread(str(out / "attention.png"))
@@ -99,7 +122,7 @@ def test_report_builds_on_the_scores(scored, tmp_path):
     assert result.exit_code == 0, result.output
     text = out.read_text()
     # Trained on two FF++ methods of four: no paper table fits, and the report says so per run.
-    assert ("LRErr (from random weights, random extractor), trained on ffpp c23 [DF, FS], tested on "
+    assert ("LRErr (from random weights, random extractor), trained on ffpp c23 [DF, FS], seed 0, tested on "
             "ffpp c23 [DF, FS] (test split)") in text
     assert "Xception (from random weights), trained on ffpp c23 [DF, FS]" in text
 
@@ -127,6 +150,8 @@ def test_bad_input_is_a_clear_error(ffpp_root, tmp_path_factory, tmp_path):
         run(ScoreConfig(split="unassigned", device="cpu", **config))
     with pytest.raises(LrerrError, match="--split must be one of"):
         run(ScoreConfig(split="dev", device="cpu", **config))
+    with pytest.raises(LrerrError, match=r"--top-fraction must be in \(0, 1\], got 2"):
+        run(ScoreConfig(aggregation={"top_fraction": 2}, device="cpu", **config))
     if not torch.cuda.is_available():
         with pytest.raises(LrerrError, match="--device cuda: no CUDA device is available"):
             run(ScoreConfig(device="cuda", **config))
@@ -146,3 +171,29 @@ def test_a_split_with_one_class_scores_with_undefined_auc(ffpp_root, tmp_path_fa
     assert "frame: only real samples — AUC, AP and EER undefined" in metrics["notes"]
     assert manifest.counts["frames_fake"] == 0
     assert (tmp_path / "out" / "roc.png").is_file() and (tmp_path / "out" / "attention.png").is_file()
+
+
+def test_a_detector_run_without_calibration_scores_with_null_thresholds(ffpp_root, tmp_path_factory,
+                                                                       tmp_path):
+    """Runs trained before train-det recorded calibration still score: those fields are null."""
+    import shutil
+    from dataclasses import asdict
+
+    from test_shard import shared_png_shards
+
+    from lrerr_tools.atomic_io import atomic_write_json
+
+    old = tmp_path / "old-run"
+    shutil.copytree(shared_detector("xception", ffpp_root, tmp_path_factory), old)
+    manifest = read_manifest(old)
+    del manifest.extra["calibration"]
+    atomic_write_json(old / "manifest.json", asdict(manifest))
+    run(ScoreConfig(shard_dir=str(shared_png_shards(ffpp_root, tmp_path_factory)), detector=str(old),
+                    out=str(tmp_path / "out"), device="cpu", workers=0, overlays=0))
+    calibration = json.loads((tmp_path / "out" / "metrics.json").read_text())["calibration"]
+    assert calibration["threshold"] == {"balanced_acc": None, "eer": None}
+    assert calibration["temperature"] is None
+    assert calibration["notes"] == [
+        "the detector run records no val calibration (trained by an older version)"]
+    assert calibration["frame"]["acc"]["eer"] is None and calibration["frame"]["ece"] >= 0
+    assert (tmp_path / "out" / "reliability.png").is_file()

@@ -110,6 +110,41 @@ def test_the_baseline_trains_without_an_mae(ffpp_root, tmp_path_factory, shards)
     assert verify(out) == []
 
 
+def test_the_run_records_the_val_calibration_of_its_best_epoch(ffpp_root, tmp_path_factory, shards):
+    from lrerr_tools.calibration import fit_calibration
+    from lrerr_tools.detector.predict import predict
+
+    out = shared_detector("xception", ffpp_root, tmp_path_factory)
+    manifest = read_manifest(out)
+    calibration = manifest.extra["calibration"]
+    assert set(calibration) == {"threshold", "temperature", "epoch", "fitted_on"}
+    assert set(calibration["threshold"]) == {"balanced_acc", "eer"} and calibration["fitted_on"] == "val"
+    assert calibration["epoch"] == manifest.extra["best"]["epoch"] == 1
+    # What best.pt's val logits give, and each epoch's own in the records.
+    loaded = load_detector(out, torch.device("cpu"))
+    val = ShardDataset(shards, split="val", fields=loaded.method.fields)
+    rows, logits = predict(loaded.method, loaded.net, loaded.context, val, batch_size=4, workers=0,
+                           device=torch.device("cpu"), progress=False)
+    expected = fit_calibration(logits, np.array([r["label"] for r in rows]))
+    assert calibration["temperature"] == pytest.approx(expected["temperature"], rel=1e-6)
+    for name in ("balanced_acc", "eer"):
+        assert 0 < calibration["threshold"][name] < 1
+        assert calibration["threshold"][name] == pytest.approx(expected["threshold"][name], rel=1e-6)
+    record = json.loads((out / "records.jsonl").read_text())
+    assert record["calibration"] == {k: v for k, v in calibration.items() if k != "epoch"}
+
+
+def test_val_of_one_class_records_null_calibration(ffpp_root, tmp_path_factory, tmp_path):
+    from test_train_mae import shards_without
+
+    reals_only = shards_without(ffpp_root, tmp_path_factory, tmp_path,
+                                lambda r: r["split"] == "val" and r["label"] == 1)
+    manifest = train_module.run(config(reals_only, tmp_path / "run", "xception", iters_per_epoch=1))
+    assert manifest.extra["calibration"] == {
+        "threshold": {"balanced_acc": None, "eer": None}, "temperature": None, "fitted_on": "val", "epoch": 1,
+        "note": "only real val faces: no threshold or temperature can be fitted"}
+
+
 def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_factory, shards, mae,
                                                            tmp_path, monkeypatch):
     runs = {m: shared_detector(m, ffpp_root, tmp_path_factory) for m in ("lrerr", "xception")}

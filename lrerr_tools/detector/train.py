@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler, Subset
 from tqdm import tqdm
 
+from lrerr_tools.calibration import fit_calibration, unfitted
 from lrerr_tools.detector.checkpoint import STAGE, check_same_parent, open_parents
 from lrerr_tools.detector.frozen_cache import FrozenCache
 from lrerr_tools.detector.predict import EVAL_PRECISION, eval_loader, predict, prepared_inputs
@@ -301,9 +302,10 @@ class _Trainer:
                          last_checkpoint(self.out))
 
     def validate(self) -> dict:
-        """The val metrics, on every rank: each scores its part, and the parts are gathered."""
+        """The val metrics and calibration, on every rank: each scores its part, and the parts
+        are gathered."""
         if len(self.val) == 0:
-            return dict.fromkeys(VAL_FIELDS)
+            return {**dict.fromkeys(VAL_FIELDS), "calibration": fit_calibration(np.zeros(0), np.zeros(0))}
         self.dist.broadcast_buffers(self.net)  # every rank validates the weights rank 0 saves
         part = predict(self.method, self.net, self.context, self.val_part, batch_size=self.rank_batch,
                        workers=self.cfg.workers, device=self.device, desc="val", progress=self.dist.is_main,
@@ -316,7 +318,7 @@ class _Trainer:
         loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)).item()
         metrics = compute_metrics(rows)
         return {"val_loss": loss, "val_acc": metrics[VAL_LEVEL]["acc"], "val_auc": metrics[VAL_LEVEL]["auc"],
-                "val_video_auc": metrics["video"]["auc"]}
+                "val_video_auc": metrics["video"]["auc"], "calibration": fit_calibration(logits, labels)}
 
     def fit(self) -> None:
         cfg, dist = self.cfg, self.dist
@@ -355,6 +357,15 @@ class _Trainer:
         return {"epoch": best["epoch"], "metric": "train_loss", "value": best["train_loss"],
                 "note": "val has one class or none, so the AUC is undefined: best is the lowest train loss"}
 
+    def _calibration(self) -> dict:
+        """The thresholds and temperature fitted on the val logits of the best epoch, which
+        `score` applies (the records hold every epoch's)."""
+        best = self._best()["epoch"]
+        recorded = next(r for r in self.history if r["epoch"] == best).get("calibration")
+        if recorded is None:  # an epoch trained before train-det recorded calibration, then resumed
+            recorded = unfitted("not recorded by the version of train-det that trained this epoch")
+        return {**recorded, "epoch": best}
+
     def _save(self) -> None:
         common = dict(config=asdict(self.cfg), parent=self.shards.as_parent(self.out), epoch=self.epoch,
                       step=self.step,
@@ -376,7 +387,8 @@ class _Trainer:
                  "caveats": self.method.caveats(self.cfg.pretrained, self.cfg.weights),
                  "eval_precision": EVAL_PRECISION,
                  "normalization": {"mean": list(self.net.mean), "std": list(self.net.std)},
-                 "best": self._best(), "last": self.history[-1], "world_size": self.dist.world_size,
+                 "best": self._best(), "calibration": self._calibration(), "last": self.history[-1],
+                 "world_size": self.dist.world_size,
                  "checkpoints": {"best": str(best_checkpoint(Path())), "last": str(last_checkpoint(Path()))}}
         manifest = Manifest(stage=STAGE, config=asdict(self.cfg), parent=self.shards.as_parent(self.out),
                             counts=counts, complete=self.epoch == self.cfg.epochs, extra=extra)
