@@ -87,7 +87,7 @@ class ScoreConfig:
             raise LrerrError("--workers and --overlays must be 0 or more")
 
 
-def _csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
+def csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -137,8 +137,8 @@ def run(cfg: ScoreConfig) -> Manifest:
     jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)
     videos = video_rows(rows)
-    atomic_write_bytes(out / FRAMES_CSV, _csv_bytes(rows, FRAME_FIELDS))
-    atomic_write_bytes(out / VIDEOS_CSV, _csv_bytes(videos, VIDEO_FIELDS))
+    atomic_write_bytes(out / FRAMES_CSV, csv_bytes(rows, FRAME_FIELDS))
+    atomic_write_bytes(out / VIDEOS_CSV, csv_bytes(videos, VIDEO_FIELDS))
     roc_plot(rows, out / ROC_FILE, title=f"{method.title} on {test_data['dataset']} {cfg.split}")
     attention = f"none: {method.title} has no figure"
     if method.figure_title and cfg.overlays:

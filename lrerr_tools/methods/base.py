@@ -5,6 +5,7 @@ A method is one subclass of `Method` in its own module of this package, register
 `options`, optimizer defaults) and supplies the pieces of a training step:
 
     context = method.context(parents, seed, device)   # frozen helpers kept out of the state dict
+    method.face_fields(context)                # the shard fields `predict` must compute per face
     method.check_data(dataset, context)        # refuse shards it cannot read, before any work
     net = method.build()                       # architecture, random init (the trainer seeds first)
     method.check_start(pretrained, weights)    # refuse a meaningless start, before any work
@@ -170,6 +171,12 @@ class Method:
         """Frozen helpers built from the parent runs (`{name: StageDir}`), kept out of the
         state dict; None when the method has none."""
         return None
+
+    def face_fields(self, context) -> tuple[str, ...]:
+        """The `fields` whose values change this method's output with this `context`: what
+        `predict` computes for each face it meets outside the shards (it fills the others
+        with zeros, which the method then ignores). Default: all of them."""
+        return self.fields
 
     def check_data(self, dataset, context) -> None:
         """Refuse, in one line, shards this method cannot read (e.g. another face size)."""

@@ -134,6 +134,11 @@ class Lrerr(XceptionBaseline):
     def context(self, parents: dict, seed: int, device) -> Reconstructor:
         return load_reconstructor(parents["mae"].path, seed, device)
 
+    def face_fields(self, context: Reconstructor) -> tuple[str, ...]:
+        """A face's own key mask counts only where the MAE hides each face's own key region;
+        with the dataset-wide one (the default) the shard's `key_mask` only gives the shape."""
+        return self.fields if context.info.masking.key_region == "per-face" else ()
+
     def check_data(self, dataset, context: Reconstructor) -> None:
         context.check(dataset)
 
