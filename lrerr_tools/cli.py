@@ -426,6 +426,25 @@ def predict(
 
 @app.command()
 @user_errors
+def export(
+    detector: Annotated[Path, typer.Argument(help="A finished train-det run.")],
+    out: Annotated[Path, typer.Option(help="The file to write; its sidecar FILE.json goes beside it.")],
+    format: Annotated[str, typer.Option(
+        help="torchscript or onnx (needs the onnx package).")] = "torchscript",
+) -> None:
+    """The detector as one graph: uint8 RGB aligned faces (B, 3, 224, 224) in, one logit per face
+    out, normalisation and frozen parts (LRErr's MAE and extractor) inside. `predict --detector
+    FILE` runs it."""
+    from lrerr_tools.export import CHECK_BATCH, export, read_sidecar
+
+    path = export(detector, format, out)
+    gap = read_sidecar(path)["check"]["max_logit_difference"]
+    typer.echo(f"export complete: {path} ({format}; its logits within {gap:.1g} of PyTorch's on "
+               f"{CHECK_BATCH} faces); sidecar {path}.json")
+
+
+@app.command()
+@user_errors
 def verify(
     directory: Annotated[Path, typer.Argument(help="Any stage's output directory.")],
     deep: Annotated[bool, typer.Option(

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from lrerr_tools.alignment import align_face
 from lrerr_tools.datasets.base import VIDEO_EXTENSIONS
 from lrerr_tools.detection import Face
-from lrerr_tools.detector.checkpoint import LoadedDetector, load_detector
+from lrerr_tools.detector.checkpoint import load_detector
 from lrerr_tools.detector.predict import EVAL_PRECISION
 from lrerr_tools.detector.predict import predict as predict_faces
 from lrerr_tools.errors import LrerrError
@@ -122,18 +122,26 @@ class Prediction:
 
 
 @dataclass
+class Scorer:
+    """The model `predict` runs, from a train-det run or an exported file: where it comes
+    from, what each face item carries for it, the path its training faces took, and a
+    function from face items to p(fake)."""
+
+    provenance: dict
+    fields: tuple[str, ...]  # the shard fields an item carries (Method.fields)
+    computed: tuple[str, ...]  # of those, the ones that count, computed per face (the rest: zeros)
+    training: dict  # `training_path`: extract config, shard codec, key grid, landmarks config
+    calibration: dict | None  # the run's manifest extra.calibration, if it has one
+    probs: Callable[[list[dict], int], list[float]]  # (items, batch size) -> p(fake) per item
+
+
+@dataclass
 class Setup:
-    """Everything each input is predicted with: the detector, the training faces' path, and
+    """Everything each input is predicted with: the model, the training faces' path, and
     how scores become verdicts."""
 
-    loaded: LoadedDetector
-    device: torch.device
+    scorer: Scorer
     extract: ExtractConfig
-    shard_codec: str
-    shard_jpeg_quality: int
-    key_grid: int
-    computed: tuple[str, ...]  # the method's shard fields computed per face (the rest are zeros)
-    landmarks_config: dict
     threshold: float
     threshold_source: str
     aggregate: str
@@ -142,9 +150,11 @@ class Setup:
     progress: bool
 
     def provenance(self) -> dict:
-        run = self.loaded.run
-        return {"path": str(run.path.resolve()), "sha256": run.sha256, "method": self.loaded.method.name,
-                "epoch": run.manifest.extra["best"]["epoch"], "precision": EVAL_PRECISION}
+        return self.scorer.provenance
+
+    @property
+    def shard_codec(self) -> str:
+        return self.scorer.training["shard_codec"]
 
 
 def predict(paths: Iterable[str | Path], detector: str | Path, *, out: str | Path | None = None,
@@ -153,9 +163,10 @@ def predict(paths: Iterable[str | Path], detector: str | Path, *, out: str | Pat
             device: str = "auto", progress: bool = True,
             announce: Callable[[Prediction], None] | None = None) -> list[Prediction]:
     """Predict every input (video and image files, folders of them, searched recursively) with
-    the train-det run `detector`; with `out`, write predictions.json, the CSVs, the plots and
-    (`annotate`) annotated copies there. `frames` / `every` override the detector's frame
-    sampling; `announce` is called with each prediction as it is made."""
+    `detector`, a train-det run or a file `lrerr-tools export` wrote; with `out`, write
+    predictions.json, the CSVs, the plots and (`annotate`) annotated copies there. `frames` /
+    `every` override the detector's frame sampling; `announce` is called with each prediction
+    as it is made."""
     setup = prepare(detector, frames=frames, every=every, aggregate=aggregate, top_k=top_k,
                     threshold=threshold, batch_size=batch_size, device=device, progress=progress)
     inputs = list_inputs(paths)
@@ -175,9 +186,10 @@ def predict(paths: Iterable[str | Path], detector: str | Path, *, out: str | Pat
     return predictions
 
 
-def prepare(detector: str | Path, *, frames: int | None, every: int | None, aggregate: str, top_k: int,
-            threshold: float | None, batch_size: int, device: str, progress: bool = True) -> Setup:
-    """Load the detector and its training faces' path; refuse bad options or an incomplete
+def prepare(detector: str | Path, *, frames: int | None = None, every: int | None = None,
+            aggregate: str = "mean", top_k: int = 5, threshold: float | None = None, batch_size: int = 32,
+            device: str = "auto", progress: bool = True) -> Setup:
+    """Load the model and its training faces' path; refuse bad options or an incomplete
     provenance in one line, before any input is read."""
     if aggregate not in AGGREGATES:
         raise LrerrError(f"--aggregate must be one of {', '.join(AGGREGATES)} (got {aggregate!r})")
@@ -190,25 +202,54 @@ def prepare(detector: str | Path, *, frames: int | None, every: int | None, aggr
     if frames is not None and every is not None:
         raise LrerrError("give --frames or --every, not both")
     torch_device = resolve_device(device)
-    loaded = load_detector(detector, torch_device)
-    shards = recorded_input(loaded.run, "shard")
-    landmarks = recorded_input(shards, "landmarks")
-    extract = recorded_input(landmarks, "extract")
+    if Path(detector).is_file():
+        from lrerr_tools.export import exported_scorer
+
+        scorer = exported_scorer(Path(detector), torch_device)
+    else:
+        scorer = run_scorer(detector, torch_device)
+    value, source = decision_threshold(scorer.calibration, threshold)
+    extract = scorer.training["extract"]
+    return Setup(scorer=scorer, extract=extract_config(extract, frames, every,
+                                                       face_device(extract, device, torch_device)),
+                 threshold=value, threshold_source=source, aggregate=aggregate, top_k=top_k,
+                 batch_size=batch_size, progress=progress)
+
+
+def run_scorer(detector: str | Path, device: torch.device) -> Scorer:
+    """A train-det run's best weights, scoring through `score`'s own loop."""
+    loaded = load_detector(detector, device)
+    training = training_path(loaded.run)
     computed = tuple(loaded.method.face_fields(loaded.context))
     if computed:
         predictor_path()  # dlib's model file: refused now, not at the first face
-        missing = [k for k in ("expand", "patch") if k not in landmarks.manifest.config]
+        missing = [k for k in ("expand", "patch") if k not in training["landmarks"]]
         if missing:
-            raise LrerrError(f"{landmarks.path}: its config has no {missing[0]}, which {loaded.method.name} "
-                             "needs to find a face's key region as the landmarks stage did")
-    value, source = decision_threshold(loaded.run, threshold)
-    codec = shards.manifest.config["codec"]
-    return Setup(loaded=loaded, device=torch_device,
-                 extract=extract_config(extract, frames, every, face_device(extract, device, torch_device)),
-                 shard_codec=codec, shard_jpeg_quality=shards.manifest.config.get("jpeg_quality") or 0,
-                 key_grid=int(shards.manifest.extra["key_region"]["grid"]), computed=computed,
-                 landmarks_config=landmarks.manifest.config, threshold=value, threshold_source=source,
-                 aggregate=aggregate, top_k=top_k, batch_size=batch_size, progress=progress)
+            raise LrerrError(f"{loaded.run.path}: its landmarks directory's config has no {missing[0]}, "
+                             f"which {loaded.method.name} needs to find each face's key region")
+
+    def probs(items: list[dict], batch_size: int) -> list[float]:
+        rows, _ = predict_faces(loaded.method, loaded.net, loaded.context, FaceItems(items),
+                                batch_size=batch_size, workers=0, device=device, progress=False)
+        return [row["prob"] for row in rows]
+
+    run = loaded.run
+    provenance = {"path": str(run.path.resolve()), "sha256": run.sha256, "method": loaded.method.name,
+                  "epoch": run.manifest.extra["best"]["epoch"], "precision": EVAL_PRECISION}
+    return Scorer(provenance, tuple(loaded.method.fields), computed, training,
+                  run.manifest.extra.get("calibration"), probs)
+
+
+def training_path(run: StageDir) -> dict:
+    """What decided the pixels of a detector run's training faces, from its provenance: its
+    shards' codec and key grid, their landmarks' config, and that one's extract config."""
+    shards = recorded_input(run, "shard")
+    landmarks = recorded_input(shards, "landmarks")
+    extract = recorded_input(landmarks, "extract")
+    return {"extract": extract.manifest.config, "shard_codec": shards.manifest.config["codec"],
+            "shard_jpeg_quality": shards.manifest.config.get("jpeg_quality"),
+            "key_grid": int(shards.manifest.extra["key_region"]["grid"]),
+            "landmarks": landmarks.manifest.config}
 
 
 def recorded_input(stage: StageDir, expected: str) -> StageDir:
@@ -227,12 +268,11 @@ def recorded_input(stage: StageDir, expected: str) -> StageDir:
     return StageDir(path, manifest, sha256)
 
 
-def extract_config(extract: StageDir, frames: int | None, every: int | None, device: str) -> ExtractConfig:
+def extract_config(config: dict, frames: int | None, every: int | None, device: str) -> ExtractConfig:
     """The extract config the detector's faces were made with, sampling overridden by
     `frames` or `every`, checked as extract checks it."""
     known = {f.name for f in fields(ExtractConfig)}
-    cfg = ExtractConfig(**{k: v for k, v in extract.manifest.config.items() if k in known},
-                        out="", device=device)
+    cfg = ExtractConfig(**{k: v for k, v in config.items() if k in known}, out="", device=device)
     if frames is not None:
         cfg = replace(cfg, frames=frames, every=None, every_seconds=None)
     elif every is not None:
@@ -241,12 +281,12 @@ def extract_config(extract: StageDir, frames: int | None, every: int | None, dev
     return cfg
 
 
-def face_device(extract: StageDir, asked: str, device: torch.device) -> str:
+def face_device(extract: dict, asked: str, device: torch.device) -> str:
     """Where the face detector runs: on the GPU with the network, but with `--device auto` on
     the CPU where onnxruntime has no CUDA provider (an explicit cuda is refused instead)."""
     if device.type != "cuda":
         return "cpu"
-    if asked == "auto" and extract.manifest.config["detector"] == "retinaface-mnet":
+    if asked == "auto" and extract["detector"] == "retinaface-mnet":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -255,12 +295,11 @@ def face_device(extract: StageDir, asked: str, device: torch.device) -> str:
     return "cuda"
 
 
-def decision_threshold(run: StageDir, given: float | None) -> tuple[float, str]:
-    """The p(fake) at and above which a face, track or input is called fake, and where it
-    comes from: --threshold, else the run's val calibration, else 0.5."""
+def decision_threshold(calibration: dict | None, given: float | None) -> tuple[float, str]:
+    """The p(fake) at and above which a track or input is called fake, and where it comes
+    from: --threshold, else the run's val calibration, else 0.5."""
     if given is not None:
         return given, THRESHOLD_SOURCES["option"]
-    calibration = run.manifest.extra.get("calibration")
     if calibration:
         return float(calibration["threshold"]["balanced_acc"]), THRESHOLD_SOURCES["calibration"]
     return DEFAULT_THRESHOLD, THRESHOLD_SOURCES["default"]
@@ -381,7 +420,8 @@ def as_trained(crop: np.ndarray, setup: Setup) -> np.ndarray:
         return crop
     bgr = cv2.imdecode(np.frombuffer(encode_crop(crop, setup.extract), np.uint8), cv2.IMREAD_COLOR)
     if setup.shard_codec == "jpeg":
-        bgr = cv2.imdecode(encode_face(bgr, "jpeg", setup.shard_jpeg_quality), cv2.IMREAD_COLOR)
+        quality = setup.scorer.training["shard_jpeg_quality"]
+        bgr = cv2.imdecode(encode_face(bgr, "jpeg", quality), cv2.IMREAD_COLOR)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -391,20 +431,20 @@ def face_item(face: np.ndarray, box: np.ndarray, matrix: np.ndarray, path: str, 
     the method reads; or why it cannot be one (dlib found no landmarks)."""
     item = {"image": torch.from_numpy(np.ascontiguousarray(face.transpose(2, 0, 1))), "label": NO_LABEL,
             "video_id": path, "frame_index": frame_index, "method": ""}
-    fields_read = setup.loaded.method.fields
+    scorer = setup.scorer
     points = np.zeros((68, 2))
-    key_mask = np.zeros(setup.key_grid ** 2, bool)
-    if setup.computed:
+    key_mask = np.zeros(scorer.training["key_grid"] ** 2, bool)
+    if scorer.computed:
         # As the landmarks stage saw it: the record's box and matrix are rounded so.
         found, problem = crop_landmarks(face, box, np.round(matrix, 6))
         if problem:
             return problem
         points = found
-        size, lm = setup.extract.crop_size, setup.landmarks_config
+        size, lm = setup.extract.crop_size, scorer.training["landmarks"]
         key_mask[face_key_patches(points, size, lm["expand"], lm["patch"])] = True
-    if "key_mask" in fields_read:
+    if "key_mask" in scorer.fields:
         item["key_mask"] = torch.from_numpy(key_mask)
-    if "landmarks" in fields_read:
+    if "landmarks" in scorer.fields:
         item["landmarks"] = torch.from_numpy(points.astype(np.float32))
     return item
 
@@ -421,14 +461,12 @@ class FaceItems(Dataset):
 
 
 def score_faces(pending: list[tuple[FaceScore, dict]], setup: Setup) -> None:
-    """p(fake) of each face, through `score`'s own loop (at its precision, EVAL_PRECISION)."""
+    """p(fake) of each face: through `score`'s own loop (at its precision, EVAL_PRECISION) for
+    a run, through the graph for an exported model."""
     if not pending:
         return
-    loaded = setup.loaded
-    rows, _ = predict_faces(loaded.method, loaded.net, loaded.context, FaceItems([i for _, i in pending]),
-                            batch_size=setup.batch_size, workers=0, device=setup.device, progress=False)
-    for (face, _), row in zip(pending, rows):
-        face.prob = row["prob"]
+    for (face, _), prob in zip(pending, setup.scorer.probs([item for _, item in pending], setup.batch_size)):
+        face.prob = prob
 
 
 class Tracker:

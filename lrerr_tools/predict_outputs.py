@@ -103,7 +103,7 @@ def predictions_document(predictions: list[Prediction], files: list[dict], setup
             "face_detector": cfg.detector, "face_threshold": cfg.threshold, "det_max_side": cfg.det_max_side,
             "face_device": cfg.device, "crop_size": cfg.crop_size, "margin": cfg.margin,
             "image_format": cfg.image_format, "shard_codec": setup.shard_codec,
-            "face_fields": list(setup.computed),
+            "face_fields": list(setup.scorer.computed),
         },
         "counts": counts,
         "inputs": [{**asdict(p), **written} for p, written in zip(predictions, files)],

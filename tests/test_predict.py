@@ -138,7 +138,7 @@ def test_a_folder_of_mixed_input_gives_every_file_a_status(ffpp_root, tmp_path_f
 
 def test_the_threshold_comes_from_the_option_the_calibration_or_0_5(ffpp_root, tmp_path_factory, tmp_path):
     detector = shared_detector("xception", ffpp_root, tmp_path_factory)
-    options = dict(frames=None, every=None, aggregate="mean", top_k=5, batch_size=8, device="cpu")
+    options = dict(device="cpu")
     setup = prepare(detector, threshold=None, **options)
     assert (setup.threshold, setup.threshold_source) == (0.5, THRESHOLD_SOURCES["default"])
     setup = prepare(detector, threshold=0.3, **options)

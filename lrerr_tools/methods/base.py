@@ -5,7 +5,6 @@ A method is one subclass of `Method` in its own module of this package, register
 `options`, optimizer defaults) and supplies the pieces of a training step:
 
     context = method.context(parents, seed, device)   # frozen helpers kept out of the state dict
-    method.face_fields(context)                # the shard fields `predict` must compute per face
     method.check_data(dataset, context)        # refuse shards it cannot read, before any work
     net = method.build()                       # architecture, random init (the trainer seeds first)
     method.check_start(pretrained, weights)    # refuse a meaningless start, before any work
@@ -15,6 +14,11 @@ A method is one subclass of `Method` in its own module of this package, register
     inputs = method.inputs(net, context, batch, device, dtype, frozen)  # no grad: shard batch → model inputs
     outputs = net(inputs)                      # {"logit": (B,), ...auxiliary outputs}
     terms = method.losses(outputs, inputs, labels, dist)        # {"total": ..., named terms}
+
+and to `predict` and `export`:
+
+    method.face_fields(context)                # the shard fields `predict` must compute per face
+    method.graph_frozen(net, context, faces)   # `frozen` inside an exported graph, from faces alone
 
 Every network's `forward` takes the inputs dict and returns a dict with one fake `logit` per
 face, so DDP wraps any of them alike. A network exposes the normalisation its input images
@@ -198,6 +202,11 @@ class Method:
         the batch's `frozen` values as float16 (read from the cache, or just computed and
         rounded); None: the method computes them itself."""
         raise NotImplementedError
+
+    def graph_frozen(self, net, context, faces) -> list | None:
+        """`frozen` as an exported graph computes it from uint8 `faces` alone, with tensor
+        operations only (`lrerr-tools export`); None: the method has no frozen part."""
+        return None
 
     def losses(self, outputs: dict, inputs: dict, labels, dist) -> dict:
         """{"total": scalar to minimise, **{term: scalar for term in loss_terms}}. Each term is
