@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
 from lrerr_tools.alignment import align_face
@@ -65,6 +65,10 @@ THRESHOLD_SOURCES = {"option": "--threshold", "calibration": "val calibration (b
                      "default": "0.5: the detector run has no val calibration"}
 PROGRESS_DELAY_S = 2.0  # an input that takes less gets no progress bar
 NO_LABEL = -1  # the faces' label for `score`'s loop, which carries one: unknown here
+FIGURE_FACES = 4  # an input's most suspicious faces, drawn in the method's figure
+
+
+Suspects = list[tuple[float, dict]]  # (p(fake), face item), highest first
 
 
 @dataclass
@@ -133,6 +137,7 @@ class Scorer:
     training: dict  # `training_path`: extract config, shard codec, key grid, landmarks config
     calibration: dict | None  # the run's manifest extra.calibration, if it has one
     probs: Callable[[list[dict], int], list[float]]  # (items, batch size) -> p(fake) per item
+    figure: Callable[[list[dict], list[float]], np.ndarray] | None = None  # the method's, if it has one
 
 
 @dataclass
@@ -174,15 +179,20 @@ def predict(paths: Iterable[str | Path], detector: str | Path, *, out: str | Pat
         from lrerr_tools.predict_outputs import check_out
 
         check_out(Path(out))
-    predictions = []
-    for path in inputs:
-        predictions.append(predict_input(path, setup))
+    predictions, figures = [], []
+    for index, path in enumerate(inputs):
+        prediction, suspects = predict_with_suspects(path, setup)
+        predictions.append(prediction)
+        if out is not None:
+            from lrerr_tools.predict_outputs import write_figure
+
+            figures.append(write_figure(Path(out), index, prediction, suspects, setup))
         if announce is not None:
-            announce(predictions[-1])
+            announce(prediction)
     if out is not None:
         from lrerr_tools.predict_outputs import write_outputs
 
-        write_outputs(Path(out), predictions, setup, annotate=annotate)
+        write_outputs(Path(out), predictions, setup, figures, annotate=annotate)
     return predictions
 
 
@@ -233,11 +243,15 @@ def run_scorer(detector: str | Path, device: torch.device) -> Scorer:
                                 batch_size=batch_size, workers=0, device=device, progress=False)
         return [row["prob"] for row in rows]
 
+    def figure(items: list[dict], probs: list[float]) -> np.ndarray:
+        return loaded.method.figure(loaded.net, loaded.context, default_collate(items), probs, device)
+
     run = loaded.run
     provenance = {"path": str(run.path.resolve()), "sha256": run.sha256, "method": loaded.method.name,
                   "epoch": run.manifest.extra["best"]["epoch"], "precision": EVAL_PRECISION}
-    return Scorer(provenance, tuple(loaded.method.fields), computed, training,
-                  run.manifest.extra.get("calibration"), probs)
+    calibration = run.manifest.extra.get("calibration")
+    return Scorer(provenance, tuple(loaded.method.fields), computed, training, calibration, probs,
+                  figure if loaded.method.figure_title else None)
 
 
 def training_path(run: StageDir) -> dict:
@@ -320,27 +334,33 @@ def list_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
 def predict_input(path: Path, setup: Setup) -> Prediction:
     """One input file end to end; a file that cannot be read is a status, never an exception."""
+    return predict_with_suspects(path, setup)[0]
+
+
+def predict_with_suspects(path: Path, setup: Setup) -> tuple[Prediction, Suspects]:
+    """`predict_input`, and its most suspicious faces for the method's figure."""
+    suspects: Suspects = []
     if not path.exists():
-        return Prediction(str(path), "missing", error="no such file or folder")
+        return Prediction(str(path), "missing", error="no such file or folder"), suspects
     if path.is_dir():
-        return Prediction(str(path), "not_media", error="a folder with no files in it")
+        return Prediction(str(path), "not_media", error="a folder with no files in it"), suspects
     suffix = path.suffix.lower()
     if suffix not in VIDEO_EXTENSIONS:
         image = read_image(path)
         if image is not None:
-            return predict_image(path, image, setup)
+            return predict_image(path, image, setup, suspects), suspects
         if suffix in IMAGE_SUFFIXES:
-            return Prediction(str(path), "unreadable", "image", error="not a decodable image")
+            return Prediction(str(path), "unreadable", "image", error="not a decodable image"), suspects
     try:
         reader = VideoReader(str(path), setup.extract.backend, threads=threads_per_job(1))
-        prediction = predict_video(path, reader, setup)
+        prediction = predict_video(path, reader, setup, suspects)
     except VideoOpenError as e:
         prediction = Prediction(str(path), "unreadable", "video", error=str(e))
     if prediction.status == "unreadable" and suffix not in VIDEO_EXTENSIONS:
         # decord "opens" some files that are no video at all (a text file) and decodes no frame
         return Prediction(str(path), "not_media", error="neither an image nor a video OpenCV, decord or "
-                                                        "PyAV can read")
-    return prediction
+                                                        "PyAV can read"), suspects
+    return prediction, suspects
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -351,28 +371,30 @@ def read_image(path: Path) -> np.ndarray | None:
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def predict_image(path: Path, image: np.ndarray, setup: Setup) -> Prediction:
+def predict_image(path: Path, image: np.ndarray, setup: Setup, suspects: Suspects) -> Prediction:
     prediction = Prediction(str(path), "ok", "image")
-    score_frames(prediction, iter([FrameResult(0, image)]), 1, setup)
+    score_frames(prediction, iter([FrameResult(0, image)]), 1, setup, suspects)
     return finish(prediction, setup)
 
 
-def predict_video(path: Path, reader: VideoReader, setup: Setup) -> Prediction:
+def predict_video(path: Path, reader: VideoReader, setup: Setup, suspects: Suspects) -> Prediction:
     prediction = Prediction(str(path), "ok", "video", n_frames=reader.n_frames, fps=reader.fps)
     try:
         indices = sample_frames(reader, setup.extract)
     except VideoOpenError as e:  # --every-seconds needs the frame times
         return replace(prediction, status="unreadable", error=str(e))
-    score_frames(prediction, reader.read(indices), len(indices), setup)
+    score_frames(prediction, reader.read(indices), len(indices), setup, suspects)
     if not any(f.status != "decode_error" for f in prediction.frames):
         first = prediction.frames[0].error if prediction.frames else "no frame sampled"
         return replace(prediction, status="unreadable", error=f"no sampled frame decodes: {first}")
     return finish(prediction, setup)
 
 
-def score_frames(prediction: Prediction, frames: Iterator[FrameResult], total: int, setup: Setup) -> None:
-    """Detect, track, align and score the faces of `frames` into `prediction`: the detector
-    takes frames in extract's batches; the network takes `batch_size` faces at a time."""
+def score_frames(prediction: Prediction, frames: Iterator[FrameResult], total: int, setup: Setup,
+                 suspects: Suspects) -> None:
+    """Detect, track, align and score the faces of `frames` into `prediction`, keeping the
+    most suspicious in `suspects`: the detector takes frames in extract's batches; the network
+    takes `batch_size` faces at a time."""
     cfg = setup.extract
     detector = cached_detector(cfg, threads_per_job(1))
     tracks = Tracker()
@@ -385,10 +407,10 @@ def score_frames(prediction: Prediction, frames: Iterator[FrameResult], total: i
             for frame in chunk:
                 pending += frame_faces(prediction, frame, found.get(frame.index, []), tracks, setup)
             if len(pending) >= setup.batch_size:
-                score_faces(pending, setup)
+                score_faces(pending, setup, suspects)
                 pending = []
             bar.update(len(chunk))
-    score_faces(pending, setup)
+    score_faces(pending, setup, suspects)
 
 
 def frame_faces(prediction: Prediction, frame: FrameResult, faces: list[Face], tracks: Tracker,
@@ -405,7 +427,7 @@ def frame_faces(prediction: Prediction, frame: FrameResult, faces: list[Face], t
         box = np.round(face.box, 2)
         result = FaceScore(frame.index, timestamp, track, box.tolist(), round(face.score, 5))
         prediction.faces.append(result)
-        item = face_item(as_trained(crop, setup), box, matrix, prediction.path, frame.index, setup)
+        item = face_item(as_trained(crop, setup), box, matrix, f"track {track}", frame.index, setup)
         if isinstance(item, str):
             result.status, result.error = "no_landmarks", item
         else:
@@ -425,12 +447,13 @@ def as_trained(crop: np.ndarray, setup: Setup) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def face_item(face: np.ndarray, box: np.ndarray, matrix: np.ndarray, path: str, frame_index: int,
+def face_item(face: np.ndarray, box: np.ndarray, matrix: np.ndarray, name: str, frame_index: int,
               setup: Setup) -> dict | str:
     """A face as a shard item (what `score`'s loop and the method read), with the shard fields
-    the method reads; or why it cannot be one (dlib found no landmarks)."""
+    the method reads; or why it cannot be one (dlib found no landmarks). `name` stands for
+    the video id, in the method figure's captions."""
     item = {"image": torch.from_numpy(np.ascontiguousarray(face.transpose(2, 0, 1))), "label": NO_LABEL,
-            "video_id": path, "frame_index": frame_index, "method": ""}
+            "video_id": name, "frame_index": frame_index, "method": ""}
     scorer = setup.scorer
     points = np.zeros((68, 2))
     key_mask = np.zeros(scorer.training["key_grid"] ** 2, bool)
@@ -460,13 +483,18 @@ class FaceItems(Dataset):
         return self.items[index]
 
 
-def score_faces(pending: list[tuple[FaceScore, dict]], setup: Setup) -> None:
+def score_faces(pending: list[tuple[FaceScore, dict]], setup: Setup, suspects: Suspects) -> None:
     """p(fake) of each face: through `score`'s own loop (at its precision, EVAL_PRECISION) for
-    a run, through the graph for an exported model."""
+    a run, through the graph for an exported model. With a method figure to draw, the
+    FIGURE_FACES faces of highest p(fake) so far stay in `suspects` (the first of ties)."""
     if not pending:
         return
     for (face, _), prob in zip(pending, setup.scorer.probs([item for _, item in pending], setup.batch_size)):
         face.prob = prob
+    if setup.scorer.figure is not None:
+        suspects += [(face.prob, item) for face, item in pending]
+        suspects.sort(key=lambda suspect: -suspect[0])
+        del suspects[FIGURE_FACES:]
 
 
 class Tracker:

@@ -8,6 +8,8 @@
     frames.csv                  one row per face of a sampled frame (and per sampled frame
                                 without one): box, p(fake), status
     plots/<NNNN-name>.png       p(fake) over time, one line per track (videos with a face)
+    figures/<NNNN-name>.png     the method's figure, if it has one (LRErr: face, reconstruction,
+                                attention maps), of the input's most suspicious faces
     annotated/<NNNN-name>.png   --annotate: an image with its faces boxed, coloured by p(fake)
     annotated/<NNNN-name>.mp4   --annotate: a copy of a video, every frame showing the boxes of
                                 the last sampled frame and each track's running score
@@ -31,14 +33,15 @@ import numpy as np
 from lrerr_tools import __version__
 from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json, named_errors
 from lrerr_tools.errors import LrerrError
+from lrerr_tools.mae.grid import write_grid
 from lrerr_tools.manifest import schema
-from lrerr_tools.predict_media import STATUSES, Prediction, Setup, aggregate
+from lrerr_tools.predict_media import STATUSES, Prediction, Setup, Suspects, aggregate
 from lrerr_tools.score import csv_bytes
 from lrerr_tools.video import VideoReader
 
 PREDICTIONS_FILE = "predictions.json"
 INPUTS_CSV, TRACKS_CSV, FRAMES_CSV = "inputs.csv", "tracks.csv", "frames.csv"
-PLOTS_DIR, ANNOTATED_DIR = "plots", "annotated"
+PLOTS_DIR, ANNOTATED_DIR, FIGURES_DIR = "plots", "annotated", "figures"
 PROVENANCE_FIELDS = ["detector", "detector_sha256", "method", "epoch"]
 INPUT_FIELDS = ["path", "kind", "status", "verdict", "score", "track", "tracks", "faces", "frames", "error",
                 *PROVENANCE_FIELDS]
@@ -56,11 +59,23 @@ def check_out(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
 
 
-def write_outputs(out: Path, predictions: list[Prediction], setup: Setup, annotate: bool = False) -> None:
+def write_figure(out: Path, index: int, p: Prediction, suspects: Suspects, setup: Setup) -> str | None:
+    """The method's figure (LRErr: face, reconstruction, attention maps) of the input's most
+    suspicious faces, one per row; None for a method without one or an input without a face."""
+    if setup.scorer.figure is None or not suspects:
+        return None
+    path = out / FIGURES_DIR / f"{output_name(index, p.path)}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_grid(path, setup.scorer.figure([item for _, item in suspects], [prob for prob, _ in suspects]))
+    return str(path.relative_to(out))
+
+
+def write_outputs(out: Path, predictions: list[Prediction], setup: Setup, figures: list[str | None],
+                  annotate: bool = False) -> None:
     names = [output_name(i, p.path) for i, p in enumerate(predictions)]
     files = []
-    for name, p in zip(names, predictions):
-        written = {"plot": None, "annotated": None}
+    for name, p, figure in zip(names, predictions, figures):
+        written = {"plot": None, "annotated": None, "figure": figure}
         if p.kind == "video" and p.score is not None:
             written["plot"] = str(plot_scores(out / PLOTS_DIR / f"{name}.png", p, setup).relative_to(out))
         readable = p.status in ("ok", "no_face")

@@ -134,6 +134,18 @@ def test_a_folder_of_mixed_input_gives_every_file_a_status(ffpp_root, tmp_path_f
     assert int(copy.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
     assert cv2.imread(str(out / by_name["face.png"]["annotated"])).shape == (144, 192, 3)
     assert by_name["face.png"]["plot"] is None and by_name["cut.mp4"]["annotated"] is None
+    assert all(p["figure"] is None for p in document["inputs"])  # Xception has no figure
+
+
+def test_the_method_figure_shows_the_most_suspicious_faces(ffpp_root, tmp_path_factory, tmp_path):
+    video = write_video(tmp_path / "two.mp4", side_by_side(3))
+    out = tmp_path / "out"
+    [p] = predict([video], shared_detector("lrerr", ffpp_root, tmp_path_factory), out=out, **CPU)
+    document = json.loads((out / "predictions.json").read_text())
+    assert document["inputs"][0]["figure"] == "figures/0001-two.png"
+    figure = cv2.imread(str(out / "figures/0001-two.png"))
+    # 4 of the 6 faces, a row each: face, reconstruction and 2 layers' maps, 224 px each, 4 px apart
+    assert figure.shape == (22 + 4 * 228 - 4, 4 * 228 - 4, 3) and len(p.faces) == 6
 
 
 def test_the_threshold_comes_from_the_option_the_calibration_or_0_5(ffpp_root, tmp_path_factory, tmp_path):
