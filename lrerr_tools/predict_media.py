@@ -345,12 +345,13 @@ def predict_with_suspects(path: Path, setup: Setup) -> tuple[Prediction, Suspect
     if path.is_dir():
         return Prediction(str(path), "not_media", error="a folder with no files in it"), suspects
     suffix = path.suffix.lower()
-    if suffix not in VIDEO_EXTENSIONS:
+    # By its name or its first bytes: a big file of no known kind is not read whole as an image.
+    if suffix in IMAGE_SUFFIXES or (suffix not in VIDEO_EXTENSIONS and cv2.haveImageReader(str(path))):
         image = read_image(path)
         if image is not None:
             return predict_image(path, image, setup, suspects), suspects
-        if suffix in IMAGE_SUFFIXES:
-            return Prediction(str(path), "unreadable", "image", error="not a decodable image"), suspects
+        return Prediction(str(path), "unreadable", "image", error="OpenCV cannot decode it (corrupt, "
+                                                                  "or over its 2^30-pixel limit)"), suspects
     try:
         reader = VideoReader(str(path), setup.extract.backend, threads=threads_per_job(1))
         prediction = predict_video(path, reader, setup, suspects)
