@@ -72,6 +72,8 @@ def write_figure(out: Path, index: int, p: Prediction, suspects: Suspects, setup
 
 def write_outputs(out: Path, predictions: list[Prediction], setup: Setup, figures: list[str | None],
                   annotate: bool = False) -> None:
+    """Each input's plot and (`annotate`) annotated copy, then predictions.json and the CSVs,
+    which name them; `figures`: each input's figure, written as it was predicted."""
     names = [output_name(i, p.path) for i, p in enumerate(predictions)]
     files = []
     for name, p, figure in zip(names, predictions, figures):
