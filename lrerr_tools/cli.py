@@ -477,6 +477,66 @@ def score(
 
 @app.command()
 @user_errors
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Video and image files, and folders of them (searched "
+                                                     "recursively).")],
+    detector: Annotated[Path, typer.Option(help="A finished train-det run.")],
+    out: Annotated[Path, typer.Option(
+        help="Output folder: predictions.json, CSVs, plots, annotated copies.")],
+    frames: Annotated[int | None, typer.Option(
+        help="Score N evenly spaced frames per video (default: sample as the detector's training "
+             "faces were).")] = None,
+    every: Annotated[int | None, typer.Option(help="Score every K-th frame (1: all) instead.")] = None,
+    aggregate: Annotated[str, typer.Option(
+        help="A track's score from its faces' p(fake), as score makes a video's: mean, median, max, "
+             "top_k_mean or confident; a video's is its most suspicious track's.")] = "mean",
+    top_fraction: Annotated[float, typer.Option(
+        help="Share of a track's faces, the most suspicious, that --aggregate top_k_mean averages.")] = 0.25,
+    threshold: Annotated[float | None, typer.Option(
+        help="p(fake) from which a verdict is fake (default: the detector's val calibration, else "
+             "0.5).")] = None,
+    annotate: Annotated[bool, typer.Option(
+        help="Also write each image with its faces boxed, coloured by p(fake), and a copy of each video "
+             "so.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Faces per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+) -> None:
+    """Is this video fake? Every face of the sampled frames scored by a trained detector, linked
+    into tracks, with a verdict per track and per input, through the same sampling, face detector,
+    alignment and crops as the detector's training faces."""
+    from lrerr_tools.predict_media import describe
+    from lrerr_tools.predict_media import predict as predict_media
+
+    predictions = predict_media(paths, detector, out=out, frames=frames, every=every, aggregate=aggregate,
+                                top_fraction=top_fraction, threshold=threshold, annotate=annotate,
+                                batch_size=batch_size, device=device,
+                                announce=lambda p: typer.echo(describe(p)))
+    n = len(predictions)
+    typer.echo(f"predict complete: {n} input{'s' * (n != 1)}, "
+               f"{sum(p.verdict == 'fake' for p in predictions)} fake; {out / 'predictions.json'}")
+
+
+@app.command()
+@user_errors
+def export(
+    detector: Annotated[Path, typer.Argument(help="A finished train-det run.")],
+    out: Annotated[Path, typer.Option(help="The file to write; its sidecar FILE.json goes beside it.")],
+    format: Annotated[str, typer.Option(
+        help="torchscript or onnx (needs the onnx package).")] = "torchscript",
+) -> None:
+    """The detector as one graph: uint8 RGB aligned faces (B, 3, 224, 224) in, one logit per face
+    out, normalisation and frozen parts (LRErr's MAE and extractor) inside. `predict --detector
+    FILE` runs it."""
+    from lrerr_tools.export import CHECK_BATCH, export, read_sidecar
+
+    path = export(detector, format, out)
+    gap = read_sidecar(path)["check"]["max_logit_difference"]
+    typer.echo(f"export complete: {path} ({format}; its logits within {gap:.1g} of PyTorch's on "
+               f"{CHECK_BATCH} faces); sidecar {path}.json")
+
+
+@app.command()
+@user_errors
 def verify(
     directory: Annotated[Path, typer.Argument(help="Any stage's output directory.")],
     deep: Annotated[bool, typer.Option(

@@ -294,7 +294,7 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
     base = _video_fields(video, cfg.root)
     try:
         reader = VideoReader(video.path, cfg.backend, threads=threads_per_job(cfg.jobs))
-        indices = _sample(reader, cfg)
+        indices = sample_frames(reader, cfg)
     except VideoOpenError as e:
         result = _video_result(video, 0, 0.0, None, 0, [{**base, "status": "unreadable",
                                                          "error": str(e)}])
@@ -304,14 +304,13 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
     partial_dir = final_dir.with_name(work_name(final_dir.name, ".partial"))
     shutil.rmtree(partial_dir, ignore_errors=True)
     partial_dir.mkdir(parents=True)
-    batch_size = cfg.batch_size or (32 if cfg.device.startswith("cuda") else CPU_BATCH)
-    detector = _detector(cfg.detector, cfg.detector_weights, cfg.threshold, cfg.det_max_side,
-                         threads_per_job(cfg.jobs), cfg.device)
+    batch_size = detection_batch(cfg)
+    detector = cached_detector(cfg, threads_per_job(cfg.jobs))
     records, previous = [], None
     frames = reader.read(indices)
     while chunk := list(islice(frames, batch_size)):
         decoded = [f for f in chunk if f.image is not None]
-        faces_per_frame = dict(zip((f.index for f in decoded), _detect(detector, decoded)))
+        faces_per_frame = dict(zip((f.index for f in decoded), detect_frames(detector, decoded)))
         for frame in chunk:
             where = {**base, "frame_index": frame.index,
                      "timestamp": None if frame.timestamp is None else round(frame.timestamp, 4)}
@@ -340,13 +339,21 @@ def extract_video(video: VideoRecord, cfg: ExtractConfig, out_dir: Path) -> str:
     return video.video_id
 
 
-def _sample(reader: VideoReader, cfg: ExtractConfig) -> list[int]:
+def sample_frames(reader: VideoReader, cfg: ExtractConfig) -> list[int]:
+    """The frame indices `cfg` samples from the video (`predict` samples as extract did)."""
     if cfg.every_seconds is not None:
         return sample_times(reader.frame_times(), cfg.every_seconds)
     return sample_indices(reader.n_frames, frames=cfg.frames, every=cfg.every)
 
 
-def _detect(detector, frames) -> list[list[Face]]:
+def detection_batch(cfg: ExtractConfig) -> int:
+    """Frames per detector call. `predict` batches as extract did: onnxruntime's sums can
+    differ in the last bit between batch sizes, which would move a keypoint, hence a crop's
+    pixels, hence LRErr's mask, whose seed is a hash of them."""
+    return cfg.batch_size or (32 if cfg.device.startswith("cuda") else CPU_BATCH)
+
+
+def detect_frames(detector, frames) -> list[list[Face]]:
     """Detect in batches of equal frame shape (a stream can change resolution mid-way)."""
     by_shape: dict[tuple, list[int]] = {}
     for i, f in enumerate(frames):
@@ -364,6 +371,11 @@ def _video_result(video, n_frames, fps, backend, requested, records) -> dict:
             "records": records}
 
 
+def cached_detector(cfg: ExtractConfig, threads: int):
+    """The face detector `cfg` names, built once per process."""
+    return _detector(cfg.detector, cfg.detector_weights, cfg.threshold, cfg.det_max_side, threads, cfg.device)
+
+
 @lru_cache(maxsize=2)
 def _detector(name, weights, threshold, max_side, threads, device):
     # Cached per process: a joblib worker builds its detector once, not once per video.
@@ -376,14 +388,20 @@ def _write_image(path: Path, rgb: np.ndarray, cfg: ExtractConfig) -> str:
     it, so a crop swapped for another face later is caught). cv2.imwrite only returns False on
     a full disk or a read-only folder, where a plain write raises the OSError that says which
     and names the file (the crop folder is renamed into place only once whole)."""
-    params = [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality] if cfg.image_format == "jpg" else []
-    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise ValueError(f"OpenCV cannot encode a {rgb.shape} crop as {path.suffix}")
-    data = encoded.tobytes()
+    data = encode_crop(rgb, cfg)
     with named_errors(path):
         path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def encode_crop(rgb: np.ndarray, cfg: ExtractConfig) -> bytes:
+    """A crop's file as extract writes it (`predict` decodes it back, so that a JPEG-trained
+    detector sees its faces through the same compression)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality] if cfg.image_format == "jpg" else []
+    ok, encoded = cv2.imencode(f".{cfg.image_format}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"OpenCV cannot encode a {rgb.shape} crop as {cfg.image_format}")
+    return encoded.tobytes()
 
 
 def _rounded(a: np.ndarray, digits: int = 2) -> list:

@@ -154,13 +154,29 @@ def landmark_face(record: dict, extract_dir: Path, size: int) -> dict:
     if (height, width) != (size, size):
         return {**record, "status": "missing_crop",
                 "error": f"{record['crop']}: is {width}x{height}, the extract config says {size}x{size}"}
-    seed = key_region.seed_rect(record["box"], record["matrix"], width, height)
+    points, problem = crop_landmarks(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), record["box"], record["matrix"])
+    if problem:
+        return {**record, "status": "no_landmarks", "error": problem}
+    return {**record, "landmarks": points.tolist()}
+
+
+def crop_landmarks(rgb: np.ndarray, box, matrix) -> tuple[np.ndarray | None, str | None]:
+    """dlib's 68 points in an aligned RGB crop, rounded as the records keep them, seeded by the
+    face's detector `box` (frame pixels) and its frame-to-crop `matrix`; or None and why not."""
+    height, width = rgb.shape[:2]
+    seed = key_region.seed_rect(box, matrix, width, height)
     if seed is None:
-        return {**record, "status": "no_landmarks", "error": "the face box falls outside the crop"}
-    points = predict(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), seed)
+        return None, "the face box falls outside the crop"
+    points = predict(rgb, seed)
     if not key_region.plausible(points, width, height):
-        return {**record, "status": "no_landmarks", "error": "most landmarks fall outside the crop"}
-    return {**record, "landmarks": np.round(points, 2).tolist()}
+        return None, "most landmarks fall outside the crop"
+    return np.round(points, 2), None
+
+
+def face_key_patches(landmarks, size: int, expand: int, patch: int) -> list[int]:
+    """A face's own key patch set (the shard's `key_mask`): its P1..P4 rectangle, expanded."""
+    rect = key_region.expand_rect(key_region.face_rect(landmarks, size, size), expand, size, size)
+    return key_region.rect_to_patches(rect, size, patch)[0]
 
 
 def predict(rgb: np.ndarray, seed: tuple[int, int, int, int]) -> np.ndarray:
@@ -198,9 +214,7 @@ def _finalize(cfg: LandmarksConfig, parent: StageDir, out: Path, video_ids: list
         records.extend(json.loads(result_path(out, vid).read_text())["records"])
     for r in records:
         if r["status"] == "ok":
-            rect = key_region.expand_rect(key_region.face_rect(r["landmarks"], size, size),
-                                          cfg.expand, size, size)
-            r["key_patches"] = key_region.rect_to_patches(rect, size, cfg.patch)[0]
+            r["key_patches"] = face_key_patches(r["landmarks"], size, cfg.expand, cfg.patch)
     source, faces = region_faces(records)
     rects = [key_region.face_rect(r["landmarks"], size, size) for r in faces]
     inner, inside = key_region.dataset_rect(rects, cfg.coverage)

@@ -119,7 +119,7 @@ class ScoreConfig:
         return Bootstrap(resamples=self.resamples, seed=self.bootstrap_seed) if self.resamples else None
 
 
-def _csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
+def csv_bytes(rows: list[dict], fields: list[str]) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -173,8 +173,8 @@ def run(cfg: ScoreConfig) -> Manifest:
     jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)
     videos = video_rows(rows, cfg.video_aggregation())
-    atomic_write_bytes(out / FRAMES_CSV, _csv_bytes(rows, FRAME_FIELDS))
-    atomic_write_bytes(out / VIDEOS_CSV, _csv_bytes(videos, VIDEO_FIELDS))
+    atomic_write_bytes(out / FRAMES_CSV, csv_bytes(rows, FRAME_FIELDS))
+    atomic_write_bytes(out / VIDEOS_CSV, csv_bytes(videos, VIDEO_FIELDS))
     title = f"{method.title} on {test_data['dataset']} {cfg.split}"
     roc_plot(rows, out / ROC_FILE, title=title)
     _reliability_plot(rows, logits, fitted["temperature"], out / RELIABILITY_FILE, title)

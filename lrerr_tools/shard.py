@@ -274,11 +274,16 @@ def _load_crop(path: Path, sha256: str | None, ctx: dict) -> np.ndarray:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if codec == "png" and data.startswith(PNG_SIGNATURE):
         return buf
-    ext, params = (".png", []) if codec == "png" else (".jpg", [cv2.IMWRITE_JPEG_QUALITY,
-                                                               ctx["jpeg_quality"]])
+    return encode_face(bgr, codec, ctx["jpeg_quality"])
+
+
+def encode_face(bgr: np.ndarray, codec: str, jpeg_quality: int) -> np.ndarray:
+    """A BGR face as a shard of `codec` png or jpeg stores it (`predict` decodes it back, so
+    that a detector trained on JPEG shards sees its faces through the same compression)."""
+    ext, params = (".png", []) if codec == "png" else (".jpg", [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
     ok, encoded = cv2.imencode(ext, bgr, params)
     if not ok:
-        raise OSError(f"could not encode {path} as {codec}")
+        raise OSError(f"could not encode a {bgr.shape} face as {codec}")
     return encoded.reshape(-1)
 
 

@@ -32,6 +32,22 @@ for detector in "${DETECTORS[@]}"; do
 done
 report demo
 running=$(IFS=,; echo "${DETECTORS[*]}")
+# The question most people bring: is this video fake? One real and one fake test video.
+mapfile -t clips < <(python - "$FFPP_DIR/extract" <<'PY'
+import json, sys
+from pathlib import Path
+extract = Path(sys.argv[1])
+root = json.loads((extract / "manifest.json").read_text())["config"]["root"]
+first = {}
+for line in open(extract / "records.jsonl"):
+    record = json.loads(line)
+    if record["split"] == "test":
+        first.setdefault(record["label"], f"{root}/{record['path']}")
+print(first[0], first[1], sep="\n")
+PY
+)
+step "predict ${DETECTORS[0]}" lrerr-tools predict "${clips[@]}" --detector "$FFPP_DIR/det/${DETECTORS[0]}" \
+    --out "$WORK/predict" --batch-size "$BATCH"
 
 cat <<EOF
 
@@ -43,6 +59,7 @@ reconstructions (original | masked | reconstruction | |difference|): $MAE_DIR/gr
 detectors: $FFPP_DIR/det/{$running} (log.csv, checkpoints/best.pt)
 scores:    $FFPP_DIR/score/{$running}/ffpp-$COMP (metrics.json, CSVs, roc.png, attention.png)
 report:    $WORK/reports/demo.md (above; the test split after 10 steps from random weights)
+predict:   $WORK/predict (predictions.json, CSVs, plots/, figures/; a real and a fake video above)
 EOF
 if [ -f "$MAE_DIR/manifest.json" ]; then # the paper's premise, as the MAE run's last validation saw it
     echo

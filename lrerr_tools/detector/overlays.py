@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 GAP, HEADER = 4, 22  # pixels between panels, and above them for the column titles
 HEAT_WEIGHT = 0.5
+LABELS = {0: "real ", 1: "fake "}
 TEXT = dict(fontFace=cv2.FONT_HERSHEY_SIMPLEX, fontScale=0.45, lineType=cv2.LINE_AA)
 
 
@@ -55,7 +56,7 @@ def _caption(image: np.ndarray, text: str, origin: tuple[int, int]) -> None:
 
 def layout(columns: Sequence[tuple[str, np.ndarray]], batch: dict, probs: Sequence[float]) -> np.ndarray:
     """uint8 RGB figure: `columns` of (title, (N, S, S, 3) panels), a row per face of `batch`
-    captioned with its label, video, frame and p(fake)."""
+    captioned with its label (if known), video, frame and p(fake)."""
     size = columns[0][1].shape[1]
     rows = len(probs)
     step = size + GAP
@@ -66,7 +67,7 @@ def layout(columns: Sequence[tuple[str, np.ndarray]], batch: dict, probs: Sequen
         y = HEADER + row * step
         for col, (_, panels) in enumerate(columns):
             figure[y:y + size, col * step:col * step + size] = panels[row]
-        label = "fake" if int(batch["label"][row]) else "real"
-        _caption(figure, f"{label} {batch['video_id'][row]} #{int(batch['frame_index'][row])}", (4, y + 16))
+        label = LABELS.get(int(batch["label"][row]), "")  # none for `predict`'s faces, whose is unknown
+        _caption(figure, f"{label}{batch['video_id'][row]} #{int(batch['frame_index'][row])}", (4, y + 16))
         _caption(figure, f"p(fake) = {probs[row]:.3f}", (4, y + size - 8))
     return figure

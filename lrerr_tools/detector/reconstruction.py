@@ -12,6 +12,7 @@ same face met later in `predict`).
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -58,8 +59,26 @@ class Reconstructor:
         """The MAE's reconstruction (visible patches + predicted masked ones) of a shard batch,
         (B, 3, 224, 224) float in the MAE's (ImageNet) normalization."""
         masks = self.masks(batch["key_mask"], batch["image"]).to(device)
-        images = to_mae_input(batch["image"].to(device, non_blocking=True))
-        return self.model.reconstruct(images, masks)
+        return self.reconstruct_masked(batch["image"].to(device, non_blocking=True), masks)
+
+    def reconstruct_masked(self, faces: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """`reconstruct` of uint8 faces (B, 3, 224, 224) hidden by given `masks` (B, 196):
+        the part of it that an exported graph holds."""
+        return self.model.reconstruct(to_mae_input(faces), masks)
+
+    @cached_property
+    def fixed_mask(self) -> torch.Tensor:
+        """(196,) bool: one mask for every face, drawn as a face's is, from the run seed alone
+        (an exported graph's: the per-face seed is a hash of the face's bytes, which no graph
+        computes). Refused for an MAE that hides each face's own key region. Cached: made
+        once, before tracing, it is a constant of the graph."""
+        if self.info.masking.key_region != "dataset":
+            raise LrerrError("this LRErr's MAE hides each face's own key region, which comes from dlib's "
+                             "points on the face: no exported graph computes them — not exported")
+        generator = seeded_generator(self.seed, MASK_STREAM)
+        key = key_masks_for(torch.zeros(1, GRID * GRID, dtype=torch.bool), self.info.key_patches, "dataset")
+        noise = torch.rand(2, 1, GRID * GRID, generator=generator)
+        return masks_from_noise(key, self.info.masking.mask_ratio, KEY_MASK_RATIO, noise)[0]
 
 
 def face_seed(face: torch.Tensor) -> tuple[int, int]:

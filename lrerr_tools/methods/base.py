@@ -15,6 +15,11 @@ A method is one subclass of `Method` in its own module of this package, register
     outputs = net(inputs)                      # {"logit": (B,), ...auxiliary outputs}
     terms = method.losses(outputs, inputs, labels, dist)        # {"total": ..., named terms}
 
+and to `predict` and `export`:
+
+    method.face_fields(context)                # the shard fields `predict` must compute per face
+    method.graph_frozen(net, context, faces)   # `frozen` inside an exported graph, from faces alone
+
 Every network's `forward` takes the inputs dict and returns a dict with one fake `logit` per
 face, so DDP wraps any of them alike. A network exposes the normalisation its input images
 use as `mean` and `std` attributes (plain tuples, not state), recorded in the run manifest.
@@ -171,6 +176,12 @@ class Method:
         state dict; None when the method has none."""
         return None
 
+    def face_fields(self, context) -> tuple[str, ...]:
+        """The `fields` whose values change this method's output with this `context`: what
+        `predict` computes for each face it meets outside the shards (it fills the others
+        with zeros, which the method then ignores). Default: all of them."""
+        return self.fields
+
     def check_data(self, dataset, context) -> None:
         """Refuse, in one line, shards this method cannot read (e.g. another face size)."""
 
@@ -191,6 +202,11 @@ class Method:
         the batch's `frozen` values as float16 (read from the cache, or just computed and
         rounded); None: the method computes them itself."""
         raise NotImplementedError
+
+    def graph_frozen(self, net, context, faces) -> list | None:
+        """`frozen` as an exported graph computes it from uint8 `faces` alone, with tensor
+        operations only (`lrerr-tools export`); None: the method has no frozen part."""
+        return None
 
     def losses(self, outputs: dict, inputs: dict, labels, dist) -> dict:
         """{"total": scalar to minimise, **{term: scalar for term in loss_terms}}. Each term is

@@ -73,6 +73,11 @@ class LocalDiversity(Method):
         convolutions start from scratch)."""
         load_pretrained_xception(net.encoder, pretrained, weights)
 
+    def face_fields(self, context) -> tuple[str, ...]:
+        """The key mask counts only where it chooses the supervised units (`units=key`); the
+        face's probability is the mean over all units either way."""
+        return self.fields if self.settings["units"] == "key" else ()
+
     def inputs(self, net: LocalPredictionNet, context, batch: dict, device, dtype, frozen=None) -> dict:
         inputs = {"images": normalize_uint8(batch["image"].to(device, non_blocking=True), net.mean, net.std)}
         if self.settings["units"] == "key":

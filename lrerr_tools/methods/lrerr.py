@@ -134,6 +134,11 @@ class Lrerr(XceptionBaseline):
     def context(self, parents: dict, seed: int, device) -> Reconstructor:
         return load_reconstructor(parents["mae"].path, seed, device)
 
+    def face_fields(self, context: Reconstructor) -> tuple[str, ...]:
+        """A face's own key mask counts only where the MAE hides each face's own key region;
+        with the dataset-wide one (the default) the shard's `key_mask` only gives the shape."""
+        return self.fields if context.info.masking.key_region == "per-face" else ()
+
     def check_data(self, dataset, context: Reconstructor) -> None:
         context.check(dataset)
 
@@ -153,8 +158,18 @@ class Lrerr(XceptionBaseline):
         """The attention maps, at full precision whatever the run's AMP: the reconstruction,
         converted from the MAE's ImageNet normalization to the backbone's, against the face."""
         images = super().inputs(net, context, batch, device, None)["images"]
-        recon = context.reconstruct(batch, device)
+        return self.maps_against(net, images, context.reconstruct(batch, device))
+
+    @staticmethod
+    def maps_against(net: LrerrNet, images: torch.Tensor, recon: torch.Tensor) -> list[torch.Tensor]:
         return net.attention_maps(images, mae_to(recon, net.mean, net.std))
+
+    def graph_frozen(self, net: LrerrNet, context: Reconstructor, faces: torch.Tensor) -> list[torch.Tensor]:
+        """`frozen` with one mask for every face, fixed by the run seed (`fixed_mask`), rounded
+        as the cache rounds them."""
+        images = super().inputs(net, context, {"image": faces}, faces.device, None)["images"]
+        masks = context.fixed_mask.to(faces.device).expand(faces.shape[0], -1)
+        return rounded(self.maps_against(net, images, context.reconstruct_masked(faces, masks)))
 
     def inputs(self, net: LrerrNet, context: Reconstructor, batch: dict, device, dtype, frozen=None) -> dict:
         """The faces go to the trainable backbone as they are, with the maps that scale it."""
