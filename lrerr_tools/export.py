@@ -69,8 +69,6 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
     out = Path(out)
     if out.is_dir():
         raise LrerrError(f"--out {out}: is a folder; name the file to write")
-    if fmt == "onnx":
-        require_onnx()
     loaded = load_detector(run_dir, torch.device("cpu"))
     training = training_path(loaded.run)  # refused now if the provenance predict needs is gone
     if loaded.method.face_fields(loaded.context):
@@ -119,16 +117,6 @@ def graph_bytes(graph: DetectorGraph, faces: torch.Tensor, fmt: str) -> bytes:
                               input_names=["faces"], output_names=["logit"],
                               dynamic_axes={"faces": {0: "batch"}, "logit": {0: "batch"}})
     return buffer.getvalue()
-
-
-def require_onnx() -> None:
-    # torch's ONNX exporters build the file with the `onnx` package (and the newer one with
-    # onnxscript too); onnxruntime, which runs the file, is a dependency of this package.
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise LrerrError("--format onnx needs the onnx package, which is not installed (pip install onnx) "
-                         "— or export --format torchscript") from None
 
 
 def sidecar(path: Path) -> Path:

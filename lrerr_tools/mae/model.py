@@ -143,7 +143,10 @@ class MaskedAutoencoder(nn.Module):
         counts = mask.sum(dim=1)
         if bool((counts != counts[0]).any()):
             raise ValueError("every row of the mask must hide the same number of patches")
-        return mask.to(torch.int8).argsort(dim=1, stable=True), NUM_PATCHES - int(counts[0])
+        # Distinct keys (masked after visible, then by id) make a plain sort as stable as a
+        # stable one; ONNX has no stable sort, and `export` puts this in its graph.
+        ids = torch.arange(NUM_PATCHES, device=mask.device)
+        return (mask.long() * NUM_PATCHES + ids).argsort(dim=1), NUM_PATCHES - int(counts[0])
 
     def forward_encoder(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Features (B, 1 + visible, D) of the cls token and the visible patches, in id order."""
