@@ -35,9 +35,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # layer1 and layer2 give 56 and 28 px maps at 224. 22 train faces (8 real, 14 fake).
 LAYERS = ["layer1", "layer2"]
 TINY = dict(pretrained=False, epochs=1, iters_per_epoch=2, batch_size=4, workers=0, device="cpu", lr=1e-3)
-# RECCE's network at 1/16 of its width (46 middle channels) keeps its layout at CPU speed.
+# RECCE's network at 1/16 of its width (46 middle channels) keeps its layout at CPU speed, as do
+# CRL's (RECCE's) and RLGC's (its EfficientNet-B4 and head; the fusion and decoder stay as they are).
 TINY_OPTIONS = {"lrerr": {"backbone": "test_resnet", "attn_layers": LAYERS, "random_extractor": True},
-                "xception": {"backbone": "test_resnet"}, "recce": {"width": 0.0625}}
+                "xception": {"backbone": "test_resnet"}, "recce": {"width": 0.0625},
+                "rlgc": {"width": 0.0625}, "crl": {"width": 0.0625}}
 
 
 def shared_mae(ffpp_root, tmp_path_factory):
