@@ -24,6 +24,7 @@ from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.train import MaeTrainConfig
 from lrerr_tools.mae.train import run as run_mae
 from lrerr_tools.manifest import content_sha256, read_manifest
+from lrerr_tools.methods import all_methods
 from lrerr_tools.normalization import mae_to, normalize_uint8
 from lrerr_tools.shard_dataset import ShardDataset
 from lrerr_tools.training import load_checkpoint
@@ -316,7 +317,8 @@ def test_bad_options_are_one_line_errors(shards, mae, tmp_path):
     with pytest.raises(LrerrError, match="--step-size must be at least 1 with --schedule step"):
         train_module.run(config(shards, tmp_path / "c", "xception", schedule="step"))
     assert not (tmp_path / "c").exists()
-    cases = {("--method", "resnet"): "error: --method must be one of lrerr, ",
+    registered = ", ".join(all_methods())
+    cases = {("--method", "resnet"): f"error: --method must be one of {registered} (got 'resnet')",
              ("--method", "xception", "--mae", "x"): "error: --mae is not an option of --method xception",
              ("--method", "lrerr", "--mae"): "error: --mae needs a value",
              ("--method", "xception", "--backbon", "x"): "unknown option, did you mean --backbone?",
