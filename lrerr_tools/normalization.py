@@ -41,3 +41,9 @@ def mae_to(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     """MAE-normalized float -> another normalization, e.g. `mae_to(x, XCEPTION_MEAN, XCEPTION_STD)`."""
     x = from_mae(images)
     return (x - _per_channel(mean, x)) / _per_channel(std, x)
+
+
+def unnormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x − mean)/std-normalized float -> the [0, 1] range it came from (not clamped: a
+    network's reconstruction may overshoot it)."""
+    return images * _per_channel(std, images) + _per_channel(mean, images)

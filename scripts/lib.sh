@@ -126,11 +126,13 @@ methods() { # methods NAME...: check the names and learn each one's parent stage
     fi
     ((status == 0)) || die "--method: see the error above"
     DETECTORS=()
-    while IFS=$'\t' read -r name needs baseline; do
+    # Split on '|', not the tabs: read merges adjacent tabs (IFS whitespace), so a method with no
+    # parent stage would take its baseline for its parent (RECCE's "recce<TAB><TAB>xception").
+    while IFS='|' read -r name needs baseline; do
         DETECTORS+=("$name")
         NEEDS[$name]=$needs
         BASELINE[$name]=$baseline
-    done <<<"$info"
+    done <<<"${info//$'\t'/|}"
 }
 
 with_baselines() { # DETECTORS and the baselines they are compared with (Table V), each once

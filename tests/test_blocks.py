@@ -1,5 +1,6 @@
 """The shared network blocks and RECCE: the Xception layout against timm's, the vectorised graph
-reasoning against a per-vertex loop, RecceNet's outputs, the losses, and their DDP exactness."""
+reasoning against a per-vertex loop, RecceNet's outputs, the losses, and their DDP exactness
+(RECCE's and its descendants', RLGC's and CRL's, whose other tests are in test_method_rlgc_crl.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from lrerr_tools.blocks.crl import CrlNet, crl_losses
 from lrerr_tools.blocks.graph_reasoning import GraphReasoning
 from lrerr_tools.blocks.losses import flooded_bce, metric_loss, real_l1
 from lrerr_tools.blocks.recce import RecceNet, recce_losses
+from lrerr_tools.blocks.rlgc import RlgcNet, rlgc_losses
+from lrerr_tools.blocks.sobel import sobel_magnitude
 from lrerr_tools.blocks.xception import XceptionLayers, load_legacy_xception, xception_channels
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.training import Distributed
@@ -223,14 +227,47 @@ def test_flooded_bce_reverses_below_the_flood_level():
 
 GLOBAL_LABELS = [0, 0, 1, 0, 1, 1]  # rank 0 holds two reals, rank 1 one: masked means must weigh them
 DDP_SIZE = 64
+# RECCE and its descendants, in one pair of processes (starting them is most of the cost):
+# RLGC with both attentions, CRL with its default loss and with the EMA centre and Sobel view.
+DDP_CASES = ("recce", "rlgc-bidir", "crl", "crl-centre-sobel")
 
 
-def ddp_setup():
+def ddp_setup(case: str):
+    """The network of `case`, its inputs for the global batch, and its losses, alike in every process."""
     torch.manual_seed(0)
-    net = RecceNet(width=TINY).eval()
     generator = torch.Generator().manual_seed(1)
-    images = torch.rand(len(GLOBAL_LABELS), 3, DDP_SIZE, DDP_SIZE, generator=generator) * 2 - 1
-    return net, images, torch.tensor(GLOBAL_LABELS)
+    faces = torch.rand(len(GLOBAL_LABELS), 3, DDP_SIZE, DDP_SIZE, generator=generator)  # in [0, 1]
+    if case == "rlgc-bidir":
+        net = RlgcNet(TINY, bidirectional=True)
+        mean, std = (torch.tensor(v).view(3, 1, 1) for v in (net.mean, net.std))
+        inputs = {"images": (faces - mean) / std, "gradient": sobel_magnitude(faces)}
+
+        def losses(out, inputs, labels, dist):
+            return rlgc_losses(out, inputs["images"], inputs["gradient"], labels, dist)
+    elif case.startswith("crl"):
+        centre = case == "crl-centre-sobel"
+        net, inputs = CrlNet(TINY, centres=centre), {"images": faces * 2 - 1}
+
+        def losses(out, inputs, labels, dist):
+            return crl_losses(out, inputs["images"], labels, dist, sobel_view=centre)
+    else:
+        net, inputs = RecceNet(width=TINY), {"images": faces * 2 - 1}
+
+        def losses(out, inputs, labels, dist):
+            return recce_losses(out, inputs["images"], labels, dist)
+    return net.eval(), inputs, torch.tensor(GLOBAL_LABELS), losses
+
+
+def ddp_step(case: str, dist: Distributed, part: slice) -> dict:
+    """`case`'s loss terms on the faces of `part`, their gradients, and the network's buffers."""
+    net, inputs, labels, losses = ddp_setup(case)
+    inputs = {k: v[part] for k, v in inputs.items()}
+    terms = losses(net(inputs), inputs, labels[part], dist)
+    terms["total"].backward()
+    grads = {name: param.grad if param.grad is not None else torch.zeros_like(param)
+             for name, param in net.named_parameters()}
+    return {"terms": {k: v.item() for k, v in terms.items()}, "grads": grads,
+            "buffers": {name: b.clone() for name, b in net.named_buffers()}}
 
 
 def ddp_worker(rank: int, world_size: int, folder: str):
@@ -238,45 +275,58 @@ def ddp_worker(rank: int, world_size: int, folder: str):
     torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous",
                                          rank=rank, world_size=world_size)
     try:
-        net, images, labels = ddp_setup()
-        share = len(labels) // world_size
-        part = slice(rank * share, (rank + 1) * share)
-        losses = recce_losses(net({"images": images[part]}), images[part], labels[part],
-                              Distributed(rank, world_size, rank))
-        losses["total"].backward()
-        grads = {}
-        for name, param in net.named_parameters():
-            grad = param.grad if param.grad is not None else torch.zeros_like(param)
-            torch.distributed.all_reduce(grad)
-            grads[name] = grad / world_size
-        torch.save({"terms": {k: v.item() for k, v in losses.items()}, "grads": grads},
-                   f"{folder}/rank{rank}.pt")
+        share = len(GLOBAL_LABELS) // world_size
+        results = {}
+        for case in DDP_CASES:
+            part = slice(rank * share, (rank + 1) * share)
+            result = ddp_step(case, Distributed(rank, world_size, rank), part)
+            for grad in result["grads"].values():
+                torch.distributed.all_reduce(grad)
+                grad /= world_size
+            results[case] = result
+        torch.save(results, f"{folder}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_recce_losses_under_ddp_equal_one_process_on_the_global_batch(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory):
+    """Each rank's results of every case, from one run of two gloo processes."""
+    folder = tmp_path_factory.mktemp("ddp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        mp.spawn(ddp_worker, args=(2, str(folder)), nprocs=2, join=True)
+    return [torch.load(folder / f"rank{r}.pt") for r in range(2)]
 
-    net, images, labels = ddp_setup()
-    out = net({"images": images})
-    whole = recce_losses(out, images, labels, SINGLE)
-    whole["total"].backward()
 
-    for term, value in whole.items():
-        ddp_mean = sum(rank["terms"][term] for rank in ranks) / 2
-        assert abs(ddp_mean - value.item()) < 1e-5, term
-    assert ranks[0]["terms"]["rec"] != ranks[1]["terms"]["rec"]  # shares differ; only the mean agrees
-    expected = {name: param.grad if param.grad is not None else torch.zeros_like(param)
-                for name, param in net.named_parameters()}
-    for name, grad in expected.items():
-        assert (ranks[0]["grads"][name] - grad).abs().max() < 1e-5, name
+def assert_ddp_equals_one_process(case: str, ranks: list[dict]) -> None:
+    """The ranks' mean of each term, the averaged gradients and the buffers (CRL's EMA
+    centres) equal one process's on the whole batch."""
+    whole = ddp_step(case, SINGLE, slice(None))
+    for term, value in whole["terms"].items():
+        ddp_mean = sum(rank[case]["terms"][term] for rank in ranks) / 2
+        assert abs(ddp_mean - value) < 1e-5, (case, term)
+    for name, grad in whole["grads"].items():
+        assert (ranks[0][case]["grads"][name] - grad).abs().max() < 1e-5, (case, name)
     # most gradients here are far below 1e-5, so also compare the whole gradient relatively
-    got = torch.cat([ranks[0]["grads"][name].flatten() for name in expected])
-    want = torch.cat([grad.flatten() for grad in expected.values()])
-    assert (got - want).norm() < 1e-5 * want.norm()
+    got = torch.cat([ranks[0][case]["grads"][name].flatten() for name in whole["grads"]])
+    want = torch.cat([grad.flatten() for grad in whole["grads"].values()])
+    assert (got - want).norm() < 1e-5 * want.norm(), case
+    for name, buffer in whole["buffers"].items():
+        assert torch.allclose(ranks[0][case]["buffers"][name], buffer, atol=1e-6), (case, name)
+        assert torch.equal(ranks[0][case]["buffers"][name], ranks[1][case]["buffers"][name]), (case, name)
+
+
+def test_recce_losses_under_ddp_equal_one_process_on_the_global_batch(ddp_ranks):
+    assert_ddp_equals_one_process("recce", ddp_ranks)
+    assert ddp_ranks[0]["recce"]["terms"]["rec"] != ddp_ranks[1]["recce"]["terms"]["rec"]  # shares differ
+
+
+@pytest.mark.parametrize("case", DDP_CASES[1:])
+def test_rlgc_and_crl_losses_under_ddp_equal_one_process_on_the_global_batch(case, ddp_ranks):
+    assert_ddp_equals_one_process(case, ddp_ranks)
+    if case == "crl-centre-sobel":
+        assert ddp_ranks[0][case]["buffers"]["centre_features"].norm() > 0  # the reals moved it
 
 
 def test_the_decoder_learns_to_reconstruct_real_faces():

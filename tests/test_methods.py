@@ -22,7 +22,7 @@ REGISTERED = list(all_methods())
 def test_every_method_module_registers_one_method():
     modules = {m.name for m in pkgutil.iter_modules(methods_package.__path__)} - set(NOT_METHODS)
     registered = {cls.__module__.rsplit(".", 1)[1] for cls in all_methods().values()}
-    assert registered == modules and {"lrerr", "recce", "xception"} <= set(REGISTERED)
+    assert registered == modules and {"crl", "lrerr", "recce", "rlgc", "xception"} <= set(REGISTERED)
     for name, method in all_methods().items():
         assert method.name == name and method.title and method.summary
         assert set(method.resolve({}).settings) == {o.name for o in method.options}
@@ -47,6 +47,10 @@ def test_methods_lists_title_parents_fields_and_cost():
     assert "20.8 M trainable parameters, 4.5" in cost["xception"]
     assert "23.8 M trainable parameters, 6.1" in cost["recce"]
     assert "1.3 M trainable parameters, 1.5" in cost["localdiv"]  # Xception up to block3, and the units
+    # The spec's fvcore counts: RLGC 20.9 M, 2.66 GMAC; CRL ≈26.4 M with the 2.0 M head RECCE's
+    # count also held, ≈6.5 GMAC. RLGC's differ by the public code's EfficientNet (ours is timm's).
+    assert "20.1 M trainable parameters, 2.5" in cost["rlgc"]
+    assert "24.3 M trainable parameters, 6.5" in cost["crl"]
     tsv = CliRunner().invoke(app, ["methods", "--tsv", "lrerr", "recce", "xception"]).output.splitlines()
     assert tsv == ["lrerr\ttrain-mae\txception", "recce\t\txception", "xception\t\t"]
     result = CliRunner().invoke(app, ["methods", "resnet"])

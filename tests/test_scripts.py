@@ -135,6 +135,22 @@ def test_any_registered_method_runs_through_a_script(data):
     assert config["method"] == "recce" and config["options"]["width"] == 0.0625
 
 
+def test_the_scripts_learn_each_methods_parent_stages_and_baseline(tmp_path):
+    # A method without a parent stage has two tabs in a row in `methods --tsv` (the rows
+    # test_methods.py checks, printed here by a stand-in): its baseline must stay its baseline,
+    # or ablation.sh would train no Xception beside RECCE, RLGC or CRL.
+    rows = "crl\\t\\txception\\nlrerr\\ttrain-mae\\txception\\nxception\\t\\t\\n"
+    (tmp_path / "lrerr-tools").write_text(f"#!/bin/sh\nprintf '{rows}'\n")
+    (tmp_path / "lrerr-tools").chmod(0o755)
+    snippet = ('SCRIPT=test; source "$1"; methods crl lrerr xception; '
+               'for m in "${DETECTORS[@]}"; do echo "$m:${NEEDS[$m]}:${BASELINE[$m]}"; done')
+    environ = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", snippet, "test", str(SCRIPTS / "lib.sh")], capture_output=True,
+                            text=True, env=environ, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["crl::xception", "lrerr:train-mae:xception", "xception::"]
+
+
 def test_an_unknown_method_stops_the_script_before_any_work(data, tmp_path):
     result = run_script("ffpp.sh", {**data, "work": tmp_path / "work"}, "--method", "lrerr,resnet")
     assert result.returncode == 2

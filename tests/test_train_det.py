@@ -36,11 +36,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # layer1 and layer2 give 56 and 28 px maps at 224. 22 train faces (8 real, 14 fake).
 LAYERS = ["layer1", "layer2"]
 TINY = dict(pretrained=False, epochs=1, iters_per_epoch=2, batch_size=4, workers=0, device="cpu", lr=1e-3)
-# RECCE's and Local-Prediction's networks at 1/16 of their width (46 middle channels) keep
-# their layout at CPU speed.
+# RECCE's network at 1/16 of its width (46 middle channels) keeps its layout at CPU speed, as do
+# CRL's (RECCE's), RLGC's (its EfficientNet-B4 and head; the fusion and decoder stay as they are)
+# and Local-Prediction's.
 TINY_OPTIONS = {"lrerr": {"backbone": "test_resnet", "attn_layers": LAYERS, "random_extractor": True},
                 "xception": {"backbone": "test_resnet"}, "recce": {"width": 0.0625},
-                "localdiv": {"width": 0.0625}}
+                "rlgc": {"width": 0.0625}, "crl": {"width": 0.0625}, "localdiv": {"width": 0.0625}}
 
 
 def shared_mae(ffpp_root, tmp_path_factory):
@@ -352,7 +353,8 @@ def test_bad_options_are_one_line_errors(shards, mae, tmp_path):
     with pytest.raises(LrerrError, match="--step-size must be at least 1 with --schedule step"):
         train_module.run(config(shards, tmp_path / "c", "xception", schedule="step"))
     assert not (tmp_path / "c").exists()
-    cases = {("--method", "resnet"): f"error: --method must be one of {', '.join(all_methods())} ",
+    registered = ", ".join(all_methods())
+    cases = {("--method", "resnet"): f"error: --method must be one of {registered} (got 'resnet')",
              ("--method", "xception", "--mae", "x"): "error: --mae is not an option of --method xception",
              ("--method", "lrerr", "--mae"): "error: --mae needs a value",
              ("--method", "xception", "--backbon", "x"): "unknown option, did you mean --backbone?",

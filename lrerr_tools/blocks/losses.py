@@ -1,4 +1,5 @@
-"""Loss functions of the reconstruction-classification methods (RECCE and its descendants).
+"""Loss functions of the reconstruction-classification methods (RECCE and its descendants, RLGC
+and CRL).
 
 Label 1 is fake, 0 real. Each docstring says what happens under DDP, where DDP averages the
 ranks' gradients: a loss is DDP-exact when the ranks' mean of its value (and gradient) equals
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from lrerr_tools.blocks.sobel import sobel
 
 if TYPE_CHECKING:
     from lrerr_tools.training import Distributed
@@ -69,3 +72,72 @@ def metric_loss(embeddings: list[torch.Tensor], labels: torch.Tensor, dist: Dist
         corr = (normed @ normed.T + 1) / 2
         total = total + F.relu(1 - _pair_mean(corr, same_real) + _pair_mean(corr, real_fake))
     return total
+
+
+def multi_view_l1(recons: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
+                  dist: Distributed, sobel_view: bool = False) -> torch.Tensor:
+    """CRL's multi-view reconstruction loss: the mean over views of `real_l1`, one view per
+    reconstruction in `recons` (each against the images area-downsampled to its size), and
+    with `sobel_view` one more, the L1 between the Sobel responses of the full-size x̂ (the
+    last of `recons`) and of x. Images and reconstructions are in [−1, 1].
+
+    DDP-exact, as `real_l1` is for each view: reals only, averaged over the global batch.
+    """
+    views = [real_l1(recon, F.interpolate(images.float(), size=recon.shape[-2:], mode="area"), labels, dist)
+             for recon in recons]
+    if sobel_view:
+        gradients = (sobel((x.float() + 1) / 2) for x in (recons[-1], images))
+        views.append(real_l1(*gradients, labels, dist))
+    return torch.stack(views).mean()
+
+
+def _unit_rows(embedding: torch.Tensor) -> torch.Tensor:
+    return F.normalize(embedding.float(), dim=1)
+
+
+def pair_compactness(embeddings: list[torch.Tensor], labels: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    """CRL's real-sample compactness: per (B, C) embedding, the mean of 1 − cos(e_i, e_j) over
+    the real pairs i ≠ j of the global batch; then the mean over the embeddings. 0 when the
+    reals agree in direction; with fewer than 2 reals, 0 and no gradient.
+
+    DDP-exact like `metric_loss`: the embeddings are gathered across ranks, with gradients.
+    """
+    real = dist.gather(labels.reshape(-1)) == 0
+    eye = torch.eye(real.numel(), dtype=torch.bool, device=real.device)
+    pairs = real[:, None] & real[None, :] & ~eye
+    parts = [_pair_mean(1 - normed @ normed.T, pairs)
+             for normed in (dist.gather(_unit_rows(e)) for e in embeddings)]
+    return torch.stack(parts).mean()
+
+
+@torch.no_grad()
+def update_centre(centre: torch.Tensor, embedding: torch.Tensor, real: torch.Tensor, dist: Distributed,
+                  momentum: float) -> None:
+    """Move `centre` (C,), in place, towards the mean direction of the global batch's real
+    embeddings: centre ← momentum·centre + (1 − momentum)·mean, or the mean itself while the
+    centre is still all zeros (its first batch with reals). Every rank sees the same global
+    reals, so the ranks' centres stay equal."""
+    normed, real = dist.gather(_unit_rows(embedding)), dist.gather(real)
+    if not real.any():
+        return
+    mean = normed[real].mean(0)
+    centre.copy_(mean if not centre.any() else momentum * centre + (1 - momentum) * mean)
+
+
+def centre_compactness(embeddings: list[torch.Tensor], centres: list[torch.Tensor], labels: torch.Tensor,
+                       dist: Distributed, momentum: float) -> torch.Tensor:
+    """CRL's compactness against an EMA real centre, one centre buffer (C,) per (B, C)
+    embedding: each centre is first moved towards this batch's reals (`update_centre`), then
+    the loss is the mean over the global batch's reals of 1 − cos(e_i, centre), averaged over
+    the embeddings. 0 with no real face.
+
+    DDP-exact: the update uses the global batch's reals, and the mean is `dist.masked_mean`.
+    """
+    real = labels.reshape(-1) == 0
+    parts = []
+    for embedding, centre in zip(embeddings, centres):
+        update_centre(centre, embedding, real, dist, momentum)
+        # A copy: the buffer moves again next step, and autograd keeps what this step used.
+        target = F.normalize(centre.clone(), dim=0)
+        parts.append(dist.masked_mean(1 - _unit_rows(embedding) @ target, real))
+    return torch.stack(parts).mean()

@@ -13,15 +13,17 @@ guided by the reconstruction error after block8.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from timm.models.xception import Block, SeparableConv2d
+from timm.models.xception import Block
 from torch import nn
 
 from lrerr_tools.blocks.graph_reasoning import GraphReasoning
 from lrerr_tools.blocks.guided_attention import GuidedAttention
+from lrerr_tools.blocks.layers import sep_conv_bn_relu
 from lrerr_tools.blocks.losses import flooded_bce, metric_loss, real_l1
 from lrerr_tools.blocks.xception import XceptionLayers
 
@@ -30,9 +32,9 @@ if TYPE_CHECKING:
 
 
 def _up_sepconv(in_channels: int, out_channels: int) -> nn.Sequential:
+    # Flat, so the state-dict keys stay decoderN.1 (conv), .2 (BN) as in RECCE's code.
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                         SeparableConv2d(in_channels, out_channels, 3, 1, 1),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+                         *sep_conv_bn_relu(in_channels, out_channels))
 
 
 class RecceNet(nn.Module):
@@ -46,11 +48,14 @@ class RecceNet(nn.Module):
 
     Every channel count is the reference's times `width`. Any S from 7 up runs (block4 is then
     at least 1×1); tests use 64 px. `encoder` holds the Xception layers; the rest is new.
+    `extra_neighbours` adds vertex sets `(channels, ratio)` to the graph reasoning (CRL's
+    JointGR); a subclass that gives them passes their maps to `classify`.
     """
 
     mean = std = (0.5, 0.5, 0.5)
 
-    def __init__(self, width: float = 1.0, drop_rate: float = 0.2):
+    def __init__(self, width: float = 1.0, drop_rate: float = 0.2,
+                 extra_neighbours: Sequence[tuple[int, int]] = ()):
         super().__init__()
         self.width = width
         self.encoder = XceptionLayers(width)
@@ -65,7 +70,8 @@ class RecceNet(nn.Module):
         self.decoder5 = _up_sepconv(d4, d8)
         self.decoder6 = nn.Sequential(nn.Conv2d(d8, 3, 1, bias=False), nn.Tanh())
 
-        self.reasoning = GraphReasoning(mid, embed=d2, neighbours=[(d2, 2), (d4, 4)], dropout=drop_rate)
+        self.reasoning = GraphReasoning(mid, embed=d2, neighbours=[(d2, 2), (d4, 4), *extra_neighbours],
+                                        dropout=drop_rate)
         self.attention = GuidedAttention(mid, drop_rate)
         self.dropout = nn.Dropout(drop_rate)
         self.fc = nn.Linear(ch["features"], 1)
@@ -74,20 +80,33 @@ class RecceNet(nn.Module):
     def _pool(x: torch.Tensor) -> torch.Tensor:
         return x.mean((2, 3))  # (B, C) for any B; `.squeeze()` would drop a batch of 1
 
-    def forward(self, inputs: dict) -> dict:
-        images, enc = inputs["images"], self.encoder
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder's block4 embedding, the decoder's out_d2 and out_d4, and x̂ at the
+        images' size."""
+        enc = self.encoder
         embedding = enc.blocks(enc.stem(images), 1, 4)
-
         out_d2 = self.decoder2(self.decoder1(self.dropout(embedding)))
         out_d4 = self.decoder4(self.decoder3(out_d2))
         recon = self.decoder6(self.decoder5(out_d4))
         recon = F.interpolate(recon, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        return embedding, out_d2, out_d4, recon
 
+    def classify(self, images: torch.Tensor, embedding: torch.Tensor, recon: torch.Tensor,
+                 neighbour_maps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The trunk from the (undropped) embedding: graph reasoning over `neighbour_maps` after
+        block7, guided attention after block8. Returns the logit, the attention mask and the
+        pooled features."""
+        enc = self.encoder
         trunk = enc.blocks(embedding, 5, 7)
-        trunk = enc.block8(self.reasoning(trunk, out_d2, out_d4) + trunk)
+        trunk = enc.block8(self.reasoning(trunk, *neighbour_maps) + trunk)
         trunk, attention = self.attention(images, recon, trunk)
-        features = enc.exit_convs(enc.blocks(trunk, 9, 12))
-        logit = self.fc(self.dropout(self._pool(features)))[:, 0]
+        features = self._pool(enc.exit_convs(enc.blocks(trunk, 9, 12)))
+        return self.fc(self.dropout(features))[:, 0], attention, features
+
+    def forward(self, inputs: dict) -> dict:
+        images = inputs["images"]
+        embedding, out_d2, out_d4, recon = self.reconstruct(images)
+        logit, attention, _ = self.classify(images, embedding, recon, [out_d2, out_d4])
         return {"logit": logit, "recon": recon, "attention": attention,
                 "embeddings": [self._pool(embedding), self._pool(out_d2), self._pool(out_d4)]}
 

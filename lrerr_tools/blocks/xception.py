@@ -19,7 +19,7 @@ from timm.models.xception import Block, SeparableConv2d
 from torch import nn
 
 from lrerr_tools.attention import make_backbone
-from lrerr_tools.errors import LrerrError
+from lrerr_tools.blocks.pretrained import load_fitting
 
 # legacy_xception's channel counts, by the role each plays.
 LEGACY_CHANNELS = {
@@ -116,39 +116,15 @@ class XceptionLayers(nn.Module):
         return self.exit_convs(x) if self.last_block == LAST_BLOCK else x
 
 
-def _shape(value) -> tuple[int, ...]:
-    return tuple(value.shape)
-
-
 def load_legacy_xception(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Fill `module` (an `XceptionLayers`, e.g. `RecceNet.encoder`) from a legacy_xception state
     dict, dropping its `fc.*` head and the layers a cut `module` lacks. Every other key must
-    match in name and shape.
-
-    Raises LrerrError naming the first mismatches; a width other than 1 always mismatches.
-    BatchNorm's `num_batches_tracked` may be absent (older checkpoints lack it): torch fills it.
+    match in name and shape (`pretrained.load_fitting`): a width other than 1 always mismatches.
     """
     built = dict(module.named_children())
-    left_out = {name for name in LEGACY_LAYERS if name not in built}
-    weights = {key: value for key, value in state_dict.items() if key.split(".", 1)[0] not in left_out}
-    own = module.state_dict()
-    missing = [key for key in own if key not in weights and not key.endswith("num_batches_tracked")]
-    unexpected = [key for key in weights if key not in own]
-    wrong = [f"{key} {_shape(weights[key])} (model {_shape(own[key])})"
-             for key in own if key in weights and _shape(weights[key]) != _shape(own[key])]
-    if missing or unexpected or wrong:
-        width = getattr(module, "width", None)
-        problems = []
-        for label, keys in (("shape mismatch", wrong), ("missing", missing), ("unexpected", unexpected)):
-            if keys:
-                more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-                problems.append(f"{label}: {', '.join(keys[:3])}{more}")
-        hint = (f" — legacy_xception weights fit width 1 only, this model has width {width}"
-                if width not in (None, 1, 1.0) else "")
-        raise LrerrError("the legacy_xception weights do not fit this Xception: "
-                         + "; ".join(problems) + hint)
-    module.load_state_dict(weights, strict=True)
-    return module
+    left_out = tuple(f"{name}." for name in LEGACY_LAYERS if name not in built)
+    return load_fitting(module, state_dict, "legacy_xception", "this Xception", dropped=("fc.", *left_out),
+                        width=getattr(module, "width", None))
 
 
 def load_pretrained_xception(module: nn.Module, pretrained: bool, weights: str | None) -> None:

@@ -46,6 +46,15 @@ def heat_panels(faces: np.ndarray, maps: torch.Tensor) -> np.ndarray:
                      for face, h in zip(faces, heat)])
 
 
+def error_column(faces: np.ndarray, images: torch.Tensor, recon: torch.Tensor) -> tuple[str, np.ndarray]:
+    """The |x − x̂| column of the reconstruction methods: `images` and `recon` (N, 3, S, S) in
+    [0, 1] pixel units; the channel mean, coloured from 0 to the largest over all the rows (in
+    the title), so real and fake rows compare by eye."""
+    error = (recon - images).abs().mean(1, keepdim=True)
+    top = max(float(error.max()), 1e-6)
+    return f"|x - x^| (0-{top:.3f})", heat_panels(faces, error / top)
+
+
 def _caption(image: np.ndarray, text: str, origin: tuple[int, int]) -> None:
     """Yellow on a black box: legible over light skin and dark hair alike."""
     (width, height), baseline = cv2.getTextSize(text, TEXT["fontFace"], TEXT["fontScale"], 1)

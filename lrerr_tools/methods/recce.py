@@ -15,17 +15,17 @@ import torch
 
 from lrerr_tools.blocks.recce import RecceNet, recce_losses
 from lrerr_tools.blocks.xception import load_pretrained_xception
-from lrerr_tools.detector.overlays import heat_panels, image_panels, layout
+from lrerr_tools.detector.overlays import error_column, heat_panels, image_panels, layout
 from lrerr_tools.methods import register
 from lrerr_tools.methods.base import Method, OptimizerDefaults, Option
 from lrerr_tools.normalization import normalize_uint8
 
 
-def _check_width(width: float) -> str | None:
+def check_width(width: float) -> str | None:
     return None if 0 < width <= 1 else "must be in (0, 1]"
 
 
-def _check_weight(weight: float) -> str | None:
+def check_weight(weight: float) -> str | None:
     return None if weight >= 0 else "must be 0 or more"
 
 
@@ -37,11 +37,11 @@ class Recce(Method):
                "faces; graph reasoning and reconstruction-guided attention feed the classifier")
     options = (
         Option("width", float, 1.0, "channel multiplier of every layer; 1 is RECCE's network and the only "
-               "width Xception's pretrained weights fit (smaller: quick CPU tests)", check=_check_width),
+               "width Xception's pretrained weights fit (smaller: quick CPU tests)", check=check_width),
         Option("rec_weight", float, 0.1, "weight of the L1 reconstruction loss on real faces",
-               check=_check_weight),
-        Option("metric_weight", float, 0.1, "weight of the metric loss", check=_check_weight),
-        Option("flood", float, 0.04, "flooding level of the BCE (0: plain BCE)", check=_check_weight),
+               check=check_weight),
+        Option("metric_weight", float, 0.1, "weight of the metric loss", check=check_weight),
+        Option("flood", float, 0.04, "flooding level of the BCE (0: plain BCE)", check=check_weight),
     )
     # RECCE's own: Adam 2e-4, weight decay 1e-5, halved every 22,500 steps.
     recipe = OptimizerDefaults(optimizer="adam", lr=2e-4, weight_decay=1e-5, schedule="step",
@@ -72,8 +72,6 @@ class Recce(Method):
         images = self.inputs(net, context, batch, device, None)["images"]
         out = net({"images": images})
         faces = image_panels(batch["image"])
-        error = (out["recon"] - images).abs().mean(1, keepdim=True)
-        top = max(float(error.max()), 1e-6)
         return layout([("face", faces), ("reconstruction", image_panels((out["recon"] + 1) * 127.5)),
-                       (f"|x - x^| (0-{top / 2:.3f})", heat_panels(faces, error / top)),
+                       error_column(faces, (images + 1) / 2, (out["recon"] + 1) / 2),
                        ("attention M (0-1)", heat_panels(faces, out["attention"]))], batch, probs)
