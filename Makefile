@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Test files run on this many workers (pytest-xdist), whole files each.
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.lrerr-installed
 DEMO_DIR ?= demo-out
 
@@ -18,7 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
