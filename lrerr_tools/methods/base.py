@@ -84,6 +84,16 @@ class Option:
         return value
 
 
+def check_width(width: float) -> str | None:
+    """A `width` option's check: a channel multiplier of a network, in (0, 1]."""
+    return None if 0 < width <= 1 else "must be in (0, 1]"
+
+
+def check_weight(weight: float) -> str | None:
+    """A loss weight's (or flooding level's) check."""
+    return None if weight >= 0 else "must be 0 or more"
+
+
 @dataclass(frozen=True)
 class Parent:
     """An earlier run the method needs, given as `--name RUN_DIR`: a directory of `stage`."""

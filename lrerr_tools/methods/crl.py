@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from lrerr_tools.blocks.crl import CrlNet, crl_losses
 from lrerr_tools.detector.overlays import error_column, heat_panels, image_panels, layout
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import OptimizerDefaults, Option
-from lrerr_tools.methods.recce import Recce, check_weight, check_width
+from lrerr_tools.methods.base import OptimizerDefaults, Option, check_weight, check_width
+from lrerr_tools.methods.recce import Recce
 
 
 def _check_momentum(momentum: float) -> str | None:

@@ -23,22 +23,14 @@ from lrerr_tools.blocks.local_prediction import (
 from lrerr_tools.blocks.xception import load_pretrained_xception
 from lrerr_tools.detector.overlays import heat_panels, image_panels, layout
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import Method, Option
+from lrerr_tools.methods.base import Method, Option, check_weight, check_width
 from lrerr_tools.normalization import normalize_uint8
 
 UNIT_SETS = ("all", "key")
 
 
-def _check_width(width: float) -> str | None:
-    return None if 0 < width <= 1 else "must be in (0, 1]"
-
-
 def _check_margin(margin: float) -> str | None:
     return None if 0 <= margin < 1 else "must be in [0, 1): the units' ReLU features have cosines in [0, 1]"
-
-
-def _check_weight(weight: float) -> str | None:
-    return None if weight >= 0 else "must be 0 or more"
 
 
 @register
@@ -50,7 +42,7 @@ class LocalDiversity(Method):
     fields = ("key_mask",)  # read with --units key
     options = (
         Option("width", float, 1.0, "channel multiplier of every layer; 1 is the method's network and the "
-               "only width Xception's pretrained weights fit (smaller: quick CPU tests)", check=_check_width),
+               "only width Xception's pretrained weights fit (smaller: quick CPU tests)", check=check_width),
         Option("unit_layer", str, "block3", "the block the units sit on: block3 (14×14 units of about "
                "91 px at 224 px) or block2 (28×28 of about 43 px)", choices=tuple(UNIT_LAYERS)),
         Option("units", str, "all", "the units the face's label supervises: all, or key (those in the face's "
@@ -59,7 +51,7 @@ class LocalDiversity(Method):
         Option("ld_margin", float, 0.5, "the Local-Diversity hinge: unit pairs whose feature cosine is below "
                "it add no loss", check=_check_margin),
         Option("ld_weight", float, 0.1, "weight of the Local-Diversity loss (0: Local-Prediction alone)",
-               check=_check_weight),
+               check=check_weight),
     )
     loss_terms = ("lp", "ld")
     baseline = "xception"

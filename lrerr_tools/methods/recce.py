@@ -17,16 +17,8 @@ from lrerr_tools.blocks.recce import RecceNet, recce_losses
 from lrerr_tools.blocks.xception import load_pretrained_xception
 from lrerr_tools.detector.overlays import error_column, heat_panels, image_panels, layout
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import Method, OptimizerDefaults, Option
+from lrerr_tools.methods.base import Method, OptimizerDefaults, Option, check_weight, check_width
 from lrerr_tools.normalization import normalize_uint8
-
-
-def check_width(width: float) -> str | None:
-    return None if 0 < width <= 1 else "must be in (0, 1]"
-
-
-def check_weight(weight: float) -> str | None:
-    return None if weight >= 0 else "must be 0 or more"
 
 
 @register

@@ -20,8 +20,7 @@ from lrerr_tools.blocks.sobel import sobel_magnitude
 from lrerr_tools.detector.overlays import error_column, heat_panels, image_panels, layout
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import Method, OptimizerDefaults, Option
-from lrerr_tools.methods.recce import check_weight, check_width
+from lrerr_tools.methods.base import Method, OptimizerDefaults, Option, check_weight, check_width
 from lrerr_tools.normalization import normalize_uint8, unnormalize
 
 
