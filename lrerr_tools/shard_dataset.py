@@ -41,7 +41,8 @@ class ShardDataset(Dataset):
     """Faces of one split (None: all), optionally only some labels (0 real, 1 fake) or methods.
 
     `fake_methods` keeps every real face but only the fakes of these methods (training on a
-    subset of manipulations); `methods` filters reals and fakes alike.
+    subset of manipulations); `methods` filters reals and fakes alike; `videos` keeps only
+    the faces of these video ids (the labelled videos of `train-det --label-fraction`).
 
     An item is a dict: `image` uint8 tensor (3,S,S) RGB, `label` int, `video_id` str,
     `frame_index` int and `method` str, `shard_sha256` str and `row` int (which face of
@@ -51,7 +52,8 @@ class ShardDataset(Dataset):
 
     def __init__(self, shard_dir: str | Path, split: str | None = "train",
                  labels: Iterable[int] | None = None, methods: Iterable[str] | None = None,
-                 fake_methods: Iterable[str] | None = None, fields: Iterable[str] = ()):
+                 fake_methods: Iterable[str] | None = None, fields: Iterable[str] = (),
+                 videos: Iterable[str] | None = None):
         self.shard_dir = Path(shard_dir)
         self.fields = tuple(fields)
         unknown = [f for f in self.fields if f not in OPTIONAL_FIELDS]
@@ -68,6 +70,7 @@ class ShardDataset(Dataset):
         labels = None if labels is None else {int(x) for x in labels}
         methods = None if methods is None else set(methods)
         fake_methods = None if fake_methods is None else set(fake_methods)
+        videos = None if videos is None else sorted(set(videos))
 
         self.files: list[str] = []
         self.codecs: list[str] = []
@@ -107,6 +110,8 @@ class ShardDataset(Dataset):
                 keep &= np.isin(shard_methods[method], list(methods))
             if fake_methods is not None:
                 keep &= (label == 0) | np.isin(shard_methods[method], list(fake_methods))
+            if videos is not None:
+                keep &= np.isin(shard_videos[video], videos)
             if not keep.any():
                 continue
             to_video = np.array([video_lookup.setdefault(v, len(video_lookup)) for v in shard_videos],
@@ -219,15 +224,21 @@ def _refuse(shard_dir: Path, path: Path, found: str) -> None:
 
 
 def balanced_sampler(dataset: ShardDataset, num_samples: int | None = None,
-                     seed: int = 0) -> WeightedRandomSampler:
+                     seed: int = 0, labelled: np.ndarray | None = None) -> WeightedRandomSampler:
     """Draw real and fake faces equally often (with replacement); `num_samples` defaults to
-    the dataset's length, i.e. one epoch."""
+    the dataset's length, i.e. one epoch. `labelled` (a bool per face): only those faces'
+    labels are read; they are drawn as often in all as their share of the faces, balanced
+    real/fake among themselves, and the unlabelled ones uniformly, whatever their label."""
     labels = np.asarray(dataset.labels)
-    counts = np.bincount(labels, minlength=2)
+    known = np.ones(len(labels), bool) if labelled is None else np.asarray(labelled, bool)
+    counts = np.bincount(labels[known], minlength=2)
     if counts[0] == 0 or counts[1] == 0:
         missing = "real" if counts[0] == 0 else "fake"
         raise LrerrError(f"cannot balance real and fake: the dataset holds no {missing} faces")
-    weights = torch.from_numpy(0.5 / counts[labels])
+    share = known.mean()
+    weights = np.where(known, share * 0.5 / counts[np.where(known, labels, 0)],
+                       (1 - share) / max(1, (~known).sum()))
+    weights = torch.from_numpy(weights)
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(weights, num_samples or len(labels), replacement=True,
                                  generator=generator)
