@@ -251,7 +251,12 @@ train_moco() { # SCL-KD's MoCo encoder on FF++'s train faces, unless MOCO names 
 train_det() { # train_det RUN DETECTOR [FAKE_METHODS [OPTION...]]: a detector on FF++ train, in ffpp-<comp>/det/RUN
     local options=(--method "$2") own own_args
     [[ ,${NEEDS[$2]}, != *,train-mae,* ]] || options+=(--mae "$MAE_DIR")
-    [[ ,${NEEDS[$2]}, != *,train-moco,* ]] || options+=(--init "$MOCO_DIR" --width "$MOCO_WIDTH")
+    if [[ ,${NEEDS[$2]}, == *,train-moco,* ]]; then
+        train_moco # returns at once once finished: every script can train SCL-KD's teacher
+        options+=(--init "$MOCO_DIR" --width "$MOCO_WIDTH")
+    fi
+    [[ ,${NEEDS[$2]}, != *,train-det,* || " ${*:4} " == *" --teacher "* ]] ||
+        die "--method $2 learns from another detector run: train it with scripts/sclkd.sh or scripts/few_labels.sh"
     own=DET_ARGS_${2//-/_}
     read -ra own_args <<<"${!own:-}"
     [ -z "${3:-}" ] || options+=(--methods "$3")
