@@ -29,8 +29,8 @@ def check_fraction(fraction: float | None) -> None:
 def video_strata(dataset) -> dict[tuple[int, str], list[str]]:
     """{(label, method): sorted video ids} of a ShardDataset's faces."""
     strata: dict[tuple[int, str], set[str]] = defaultdict(set)
-    for video, method, label in zip(dataset._video, dataset._method, dataset.labels):
-        strata[(int(label), dataset.method_names[method])].add(dataset.video_ids[video])
+    for video, method, label in zip(dataset.face_videos, dataset._method, dataset.labels):
+        strata[(int(label), dataset.method_names[method])].add(video)
     return {key: sorted(videos) for key, videos in sorted(strata.items())}
 
 

@@ -15,6 +15,7 @@ own handles, and pickling the dataset (which starting workers does) drops any op
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +42,8 @@ class ShardDataset(Dataset):
     """Faces of one split (None: all), optionally only some labels (0 real, 1 fake) or methods.
 
     `fake_methods` keeps every real face but only the fakes of these methods (training on a
-    subset of manipulations); `methods` filters reals and fakes alike; `videos` keeps only
-    the faces of these video ids (the labelled videos of `train-det --label-fraction`).
+    subset of manipulations); `methods` filters reals and fakes alike. `only_videos` narrows
+    a dataset to some videos' faces.
 
     An item is a dict: `image` uint8 tensor (3,S,S) RGB, `label` int, `video_id` str,
     `frame_index` int and `method` str, `shard_sha256` str and `row` int (which face of
@@ -52,8 +53,7 @@ class ShardDataset(Dataset):
 
     def __init__(self, shard_dir: str | Path, split: str | None = "train",
                  labels: Iterable[int] | None = None, methods: Iterable[str] | None = None,
-                 fake_methods: Iterable[str] | None = None, fields: Iterable[str] = (),
-                 videos: Iterable[str] | None = None):
+                 fake_methods: Iterable[str] | None = None, fields: Iterable[str] = ()):
         self.shard_dir = Path(shard_dir)
         self.fields = tuple(fields)
         unknown = [f for f in self.fields if f not in OPTIONAL_FIELDS]
@@ -70,7 +70,6 @@ class ShardDataset(Dataset):
         labels = None if labels is None else {int(x) for x in labels}
         methods = None if methods is None else set(methods)
         fake_methods = None if fake_methods is None else set(fake_methods)
-        videos = None if videos is None else sorted(set(videos))
 
         self.files: list[str] = []
         self.codecs: list[str] = []
@@ -110,8 +109,6 @@ class ShardDataset(Dataset):
                 keep &= np.isin(shard_methods[method], list(methods))
             if fake_methods is not None:
                 keep &= (label == 0) | np.isin(shard_methods[method], list(fake_methods))
-            if videos is not None:
-                keep &= np.isin(shard_videos[video], videos)
             if not keep.any():
                 continue
             to_video = np.array([video_lookup.setdefault(v, len(video_lookup)) for v in shard_videos],
@@ -142,6 +139,21 @@ class ShardDataset(Dataset):
         self._key_bits = joined["key_bits"]
         self._handles: dict[int, tuple] = {}
         self._pid = os.getpid()
+
+    @property
+    def face_videos(self) -> np.ndarray:
+        """The video id of each face."""
+        return np.asarray(self.video_ids, dtype=object)[self._video]
+
+    def only_videos(self, videos: Iterable[str]) -> ShardDataset:
+        """This dataset's faces of `videos` alone (`train-det --label-fraction`'s labelled
+        videos), without reading or checking the shards again."""
+        keep = np.isin(self.face_videos, list(set(videos)))
+        subset = copy.copy(self)
+        for name in ("_shard", "_row", "labels", "frame_index", "_video", "_method", "_key_bits"):
+            setattr(subset, name, getattr(self, name)[keep])
+        subset._handles = {}
+        return subset
 
     def __len__(self) -> int:
         return len(self._row)

@@ -80,7 +80,7 @@ def listing(videos: list[tuple[str, int, str]]):
     ids = [v for v, _, _ in videos]
     methods = sorted({m for _, _, m in videos})
     faces = [(ids.index(v), methods.index(m), label) for v, label, m in videos for _ in range(2)]
-    return SimpleNamespace(video_ids=ids, method_names=methods, _video=np.array([f[0] for f in faces]),
+    return SimpleNamespace(face_videos=np.array([ids[f[0]] for f in faces]), method_names=methods,
                            _method=np.array([f[1] for f in faces]), labels=np.array([f[2] for f in faces]))
 
 
@@ -110,8 +110,10 @@ def test_a_method_without_unlabelled_faces_trains_on_the_labelled_videos_alone(s
     chosen = labels["video_ids"]
     assert labels["fraction"] == 0.5 and labels["videos"] == len(chosen) < labels["of_videos"] == 6
     assert not labels["trains_on_unlabelled"]
-    labelled = ShardDataset(shards, split="train", videos=chosen)
-    assert {labelled.video_ids[v] for v in labelled._video} == set(chosen)
+    every = ShardDataset(shards, split="train")
+    labelled = every.only_videos(chosen)
+    assert set(labelled.face_videos) == set(chosen) and len(labelled) < len(every)
+    assert [labelled[i]["video_id"] for i in range(len(labelled))] == list(labelled.face_videos)
     counts = read_manifest(teacher).counts
     assert (counts["train_real"], counts["train_fake"]) == tuple(np.bincount(labelled.labels, minlength=2))
 

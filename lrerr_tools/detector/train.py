@@ -235,10 +235,8 @@ class _Trainer:
         log.info("--label-fraction %g: %d of %d train videos keep their labels", cfg.label_fraction,
                  len(chosen), len(self.train.video_ids))
         if self.method.uses_unlabelled:
-            flags = np.isin(np.asarray(self.train.video_ids)[self.train._video], chosen)
-            return chosen, flags
-        self.train = ShardDataset(self.shards.path, split="train", fake_methods=cfg.methods,
-                                  fields=self.method.fields, videos=chosen)
+            return chosen, np.isin(self.train.face_videos, chosen)
+        self.train = self.train.only_videos(chosen)
         return chosen, None
 
     def check_parents(self, recorded: dict) -> None:
