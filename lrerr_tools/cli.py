@@ -351,6 +351,11 @@ def train_det(
     methods: Annotated[list[str] | None, typer.Option(
         help="Fake methods to train on, comma-separated (default: all in the train split); every real "
              "face is kept and val is narrowed the same way.")] = None,
+    label_fraction: Annotated[float | None, typer.Option(
+        help="Keep the labels of this fraction of the train videos (0-1], stratified by label and fake "
+             "method, chosen by a seeded hash of the video id (the few-label protocol). A method that "
+             "learns from unlabelled faces (sclkd) still sees the others; any other trains on the "
+             "labelled faces alone (default: every label).")] = None,
     pretrained: Annotated[bool, typer.Option(
         help="Start from timm's pretrained weights in the local cache (never downloaded).")] = True,
     weights: Annotated[Path | None, typer.Option(help="Start from this local weights file instead.")] = None,
@@ -396,7 +401,8 @@ def train_det(
     options, parents = parse_cli_args(get_method(method), ctx.args)
     manifest = run(DetTrainConfig(
         shard_dir=str(shard_dir), out=str(out), method=method, options=options, parents=parents,
-        methods=split_commas(methods), pretrained=pretrained, weights=str(weights) if weights else None,
+        methods=split_commas(methods), label_fraction=label_fraction, pretrained=pretrained,
+        weights=str(weights) if weights else None,
         epochs=epochs, iters_per_epoch=iters_per_epoch, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, schedule=schedule, step_size=step_size, gamma=gamma, device=device,
         amp=amp, workers=workers, cache_gb=cache_gb, resume=resume, seed=seed, overwrite=overwrite))

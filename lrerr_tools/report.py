@@ -1,4 +1,5 @@
-"""`lrerr-tools report`: the paper's tables (I–V) from score directories' `metrics.json`.
+"""`lrerr-tools report`: the paper's tables (I–V) from score directories' `metrics.json`, and
+the few-label table (AUC against `train-det --label-fraction`, SCL-KD's protocol).
 
 Each score directory is one trained model scored on one test set; its `run` block says
 which (schema: `manifests/metrics.schema.json`). A run lands in every table whose protocol
@@ -343,12 +344,37 @@ def _level_scores(run: Run, level: str) -> dict[tuple, tuple]:
             for v in video_rows(checked_frames(frames), aggregation)}
 
 
+def few_labels(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:
+    """AUC against the share of train videos labelled: one row per detector and test data, one
+    column per fraction, from the runs that record a --label-fraction."""
+    cells = Cells("Few-label table", notes)
+    for run in runs:
+        if "label_fraction" in run.train:
+            key = (run.detector, _data(run.train), _data(run.test), run.train["label_fraction"])
+            cells.put(key, run.metrics[level], "auc", run)
+    fractions = sorted({key[3] for key in cells.entries})
+    table = Table("Few-label table — AUC against the labelled share of train videos",
+                  "of detectors trained with --label-fraction (scripts/few_labels.sh)",
+                  ["Detector", "Trained on", "Tested on", *(f"{100 * f:g} %" for f in fractions)])
+    rows = sorted({key[:3] for key in cells.entries}, key=lambda k: (list(all_methods()).index(k[0]), k[1:]))
+    table.rows = [[_title(detector), train, test, *(cells.get((detector, train, test, f)) for f in fractions)]
+                  for detector, train, test in rows]
+    return table, cells.used()
+
+
+def _all_labels(run: Run) -> bool:
+    """Trained with every train label, as the paper's tables are (and runs from before
+    --label-fraction were)."""
+    return run.train.get("label_fraction", 1) == 1
+
+
 BUILDERS = {
     "in-dataset": in_dataset,
     "cross-manipulation": cross_manipulation,
     "leave-one-out": leave_one_out,
     "cross-dataset": cross_dataset,
     "ablation": ablation,
+    "few-labels": few_labels,
 }
 
 
@@ -385,11 +411,13 @@ def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], lis
             notes.append(f"{run.path}: scored on the {run.test['split']} split; the tables use test scores")
     tables, used = {}, set()
     for key, build in BUILDERS.items():
-        table, paths = build(tested, level, notes)
+        # A model trained on a few labels answers only the few-label table.
+        table, paths = build(tested if build is few_labels else [r for r in tested if _all_labels(r)],
+                             level, notes)
         used |= paths
         if table.rows:
             tables[key] = table
-        else:
+        elif build is not few_labels:  # a protocol of its own: no note in reports of the paper's
             notes.append(f"{table.title}: left out — it needs score directories {table.needs}")
     others = [run for run in runs if run.path not in used]
     if others:

@@ -166,6 +166,9 @@ def run(cfg: ScoreConfig) -> Manifest:
     train_data = {**detector_run.manifest.extra["train_data"], "method": method.name,
                   "caveats": detector_run.manifest.extra.get("caveats", []),  # absent in older runs
                   "seed": detector_run.manifest.config["seed"]}
+    fraction = detector_run.manifest.config.get("label_fraction")  # absent in older runs
+    if fraction is not None:
+        train_data["label_fraction"] = fraction
     fitted = _fitted_calibration(detector_run.manifest)
     metrics = {"run": {"train": train_data, "test": test_data},
                **compute_metrics(rows, aggregation=cfg.video_aggregation(), bootstrap=cfg.bootstrap()),

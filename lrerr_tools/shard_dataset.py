@@ -15,6 +15,7 @@ own handles, and pickling the dataset (which starting workers does) drops any op
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,8 @@ class ShardDataset(Dataset):
     """Faces of one split (None: all), optionally only some labels (0 real, 1 fake) or methods.
 
     `fake_methods` keeps every real face but only the fakes of these methods (training on a
-    subset of manipulations); `methods` filters reals and fakes alike.
+    subset of manipulations); `methods` filters reals and fakes alike. `only_videos` narrows
+    a dataset to some videos' faces.
 
     An item is a dict: `image` uint8 tensor (3,S,S) RGB, `label` int, `video_id` str,
     `frame_index` int and `method` str, `shard_sha256` str and `row` int (which face of
@@ -138,6 +140,21 @@ class ShardDataset(Dataset):
         self._handles: dict[int, tuple] = {}
         self._pid = os.getpid()
 
+    @property
+    def face_videos(self) -> np.ndarray:
+        """The video id of each face."""
+        return np.asarray(self.video_ids, dtype=object)[self._video]
+
+    def only_videos(self, videos: Iterable[str]) -> ShardDataset:
+        """This dataset's faces of `videos` alone (`train-det --label-fraction`'s labelled
+        videos), without reading or checking the shards again."""
+        keep = np.isin(self.face_videos, list(set(videos)))
+        subset = copy.copy(self)
+        for name in ("_shard", "_row", "labels", "frame_index", "_video", "_method", "_key_bits"):
+            setattr(subset, name, getattr(self, name)[keep])
+        subset._handles = {}
+        return subset
+
     def __len__(self) -> int:
         return len(self._row)
 
@@ -219,15 +236,21 @@ def _refuse(shard_dir: Path, path: Path, found: str) -> None:
 
 
 def balanced_sampler(dataset: ShardDataset, num_samples: int | None = None,
-                     seed: int = 0) -> WeightedRandomSampler:
+                     seed: int = 0, labelled: np.ndarray | None = None) -> WeightedRandomSampler:
     """Draw real and fake faces equally often (with replacement); `num_samples` defaults to
-    the dataset's length, i.e. one epoch."""
+    the dataset's length, i.e. one epoch. `labelled` (a bool per face): only those faces'
+    labels are read; they are drawn as often in all as their share of the faces, balanced
+    real/fake among themselves, and the unlabelled ones uniformly, whatever their label."""
     labels = np.asarray(dataset.labels)
-    counts = np.bincount(labels, minlength=2)
+    known = np.ones(len(labels), bool) if labelled is None else np.asarray(labelled, bool)
+    counts = np.bincount(labels[known], minlength=2)
     if counts[0] == 0 or counts[1] == 0:
         missing = "real" if counts[0] == 0 else "fake"
         raise LrerrError(f"cannot balance real and fake: the dataset holds no {missing} faces")
-    weights = torch.from_numpy(0.5 / counts[labels])
+    share = known.mean()
+    weights = np.where(known, share * 0.5 / counts[np.where(known, labels, 0)],
+                       (1 - share) / max(1, (~known).sum()))
+    weights = torch.from_numpy(weights)
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(weights, num_samples or len(labels), replacement=True,
                                  generator=generator)

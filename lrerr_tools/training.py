@@ -17,7 +17,7 @@ import math
 import os
 import random
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,11 +223,14 @@ def check_schedule(schedule: str, step_size: int) -> None:
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
                     betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
-                    no_weight_decay: tuple[str, ...] = ()) -> torch.optim.Optimizer:
+                    no_weight_decay: tuple[str, ...] = (),
+                    lr_scale: Callable[[str], float] | None = None) -> torch.optim.Optimizer:
     """`adam`, `adamw` or `sgd` (with `momentum`) over the trainable parameters of `model`.
 
     With weight decay, biases, norms and `no_weight_decay` are left undecayed (timm's grouping,
     as in the MAE and most timm recipes); without, every trainable parameter is one group.
+    `lr_scale(name)` multiplies a parameter's lr: each group is split by multiplier, the
+    largest first (the group the logs read the lr of).
     """
     check_optimizer(name)
     if weight_decay:
@@ -236,11 +239,30 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float 
         params = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
+    if lr_scale is not None:
+        params = _scaled_groups(model, params, lr, lr_scale)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.0)
     return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def _scaled_groups(model: nn.Module, params: list, lr: float, lr_scale: Callable[[str], float]) -> list:
+    """`params` (parameters, or groups of them) as groups of one lr multiplier each; unchanged
+    when every multiplier is 1, so that the optimizer state of earlier runs still loads."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    scales = {id(p): float(lr_scale(names[id(p)])) for g in groups for p in g["params"]}
+    if all(s == 1 for s in scales.values()):
+        return params
+    split = []
+    for scale in sorted(set(scales.values()), reverse=True):
+        for group in groups:
+            chosen = [p for p in group["params"] if scales[id(p)] == scale]
+            if chosen:
+                split.append({**group, "params": chosen, "lr": lr * scale})
+    return split
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int = 0,

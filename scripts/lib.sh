@@ -1,12 +1,12 @@
 # Sourced by the protocol scripts (ffpp.sh, cross_manip.sh, gid.sh, cross_dataset.sh,
-# ablation.sh), slurm_extract.sh and demo.sh: their options, settings, and one function per
+# ablation.sh, sclkd.sh, few_labels.sh), slurm_extract.sh and demo.sh: their options, settings, and one function per
 # pipeline step. Every step is a lrerr-tools stage that returns at once when its output
 # directory already holds a complete result made with the same settings (its manifest says
 # so), and refuses in one line when the settings changed; so a rerun skips what is done and
 # resumes what was interrupted. The first failing stage stops the script.
 #
 # Work directory (WORK):
-#   ffpp-<comp>/{extract,landmarks,shards,mae}     FF++ at one compression
+#   ffpp-<comp>/{extract,landmarks,shards,mae,moco}  FF++ at one compression
 #   ffpp-<comp>/det/<run>                          detectors trained on it
 #   ffpp-<comp>/score/<run>/<test data>            each detector scored on a test set
 #   celebdf/, dfd-<comp>/                          test-only data for cross-dataset scoring
@@ -40,10 +40,11 @@ SETTINGS_HELP='Options (each also read from the environment variable in brackets
                       `lrerr-tools methods` lists them]
 Settings the profile chooses, each overridable by its variable: FRAMES (per video), MAE_PRESET,
 MAE_EPOCHS, MAE_STEPS (cap per epoch), DET_EPOCHS, DET_ITERS, BATCH, WORKERS, PRETRAINED (0/1),
-JOBS (videos in parallel, 0 = a core each).
-Extra stage options: EXTRACT_ARGS, LANDMARKS_ARGS, SHARD_ARGS, MAE_ARGS, DET_ARGS (every method),
+JOBS (videos in parallel, 0 = a core each); for SCL-KD'"'"'s train-moco: MOCO_EPOCHS, MOCO_STEPS (cap
+per epoch), MOCO_BATCH, MOCO_QUEUE, MOCO_WIDTH (also the teacher'"'"'s --width), MOCO_CROP.
+Extra stage options: EXTRACT_ARGS, LANDMARKS_ARGS, SHARD_ARGS, MAE_ARGS, MOCO_ARGS, DET_ARGS (every method),
 DET_ARGS_<method> (one method'"'"'s own options, e.g. DET_ARGS_lrerr="--attn-layers block2"), SCORE_ARGS.
-MAE=RUN_DIR uses that finished train-mae run instead of training one. TRAIN_LAUNCH runs the
+MAE=RUN_DIR (MOCO=RUN_DIR) uses that finished train-mae (train-moco) run instead of training one. TRAIN_LAUNCH runs the
 training stages, e.g. "torchrun --nproc_per_node 8 -m lrerr_tools" (default: lrerr-tools).'
 
 parse_args() {
@@ -81,6 +82,8 @@ settings() {
         paper)
             : "${FRAMES:=32}" "${MAE_PRESET:=base}" "${MAE_EPOCHS:=300}" "${MAE_STEPS:=}"
             : "${DET_EPOCHS:=30}" "${DET_ITERS:=200}" "${BATCH:=32}" "${WORKERS:=4}" "${PRETRAINED:=1}"
+            : "${MOCO_EPOCHS:=200}" "${MOCO_STEPS:=}" "${MOCO_BATCH:=256}" "${MOCO_QUEUE:=65536}"
+            : "${MOCO_WIDTH:=1}" "${MOCO_CROP:=224}"
             ;;
         tiny)
             # Shows every stage working on the demo sample; learns nothing. Random weights are
@@ -88,6 +91,8 @@ settings() {
             : "${FRAMES:=4}" "${MAE_PRESET:=tiny}" "${MAE_EPOCHS:=1}" "${MAE_STEPS:=5}"
             : "${DET_EPOCHS:=1}" "${DET_ITERS:=4}" "${BATCH:=8}" "${WORKERS:=1}" "${PRETRAINED:=0}"
             : "${DET_ARGS_lrerr=--random-extractor}"
+            : "${MOCO_EPOCHS:=1}" "${MOCO_STEPS:=2}" "${MOCO_BATCH:=8}" "${MOCO_QUEUE:=32}"
+            : "${MOCO_WIDTH:=0.0625}" "${MOCO_CROP:=32}" "${MOCO_ARGS=--bn-splits 2}"
             ;;
         *) die "--profile must be paper or tiny (got '$PROFILE')" ;;
     esac
@@ -95,23 +100,26 @@ settings() {
     case $COMP in c23 | c40) ;; *) die "--comp must be c23 or c40 (got '$COMP')" ;; esac
     # Checked here so that a typo stops the script before hours of work, not at the stage that reads it.
     local name
-    for name in FRAMES MAE_EPOCHS DET_EPOCHS DET_ITERS BATCH; do
+    for name in FRAMES MAE_EPOCHS DET_EPOCHS DET_ITERS BATCH MOCO_EPOCHS MOCO_BATCH MOCO_QUEUE MOCO_CROP; do
         [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive whole number (got '${!name}')"
     done
     for name in WORKERS JOBS; do
         [[ ${!name} =~ ^[0-9]+$ ]] || die "$name must be a whole number, 0 or more (got '${!name}')"
     done
     [[ -z $MAE_STEPS || $MAE_STEPS =~ ^[1-9][0-9]*$ ]] || die "MAE_STEPS must be empty or a positive whole number (got '$MAE_STEPS')"
+    [[ -z $MOCO_STEPS || $MOCO_STEPS =~ ^[1-9][0-9]*$ ]] || die "MOCO_STEPS must be empty or a positive whole number (got '$MOCO_STEPS')"
     case $PRETRAINED in 0 | 1) ;; *) die "PRETRAINED must be 0 or 1 (got '$PRETRAINED')" ;; esac
     read -ra EXTRACT_EXTRA <<<"${EXTRACT_ARGS:-}"
     read -ra LANDMARKS_EXTRA <<<"${LANDMARKS_ARGS:-}"
     read -ra SHARD_EXTRA <<<"${SHARD_ARGS:-}"
     read -ra MAE_EXTRA <<<"${MAE_ARGS:-}"
+    read -ra MOCO_EXTRA <<<"${MOCO_ARGS:-}"
     read -ra DET_EXTRA <<<"${DET_ARGS:-}"
     read -ra SCORE_EXTRA <<<"${SCORE_ARGS:-}"
     read -ra LAUNCH <<<"$TRAIN_LAUNCH"
     FFPP_DIR=$WORK/ffpp-$COMP
     MAE_DIR=${MAE:-$FFPP_DIR/mae}
+    MOCO_DIR=${MOCO:-$FFPP_DIR/moco}
     methods ${METHOD//,/ }
 }
 
@@ -230,12 +238,31 @@ train_mae() { # the MAE on FF++'s real train faces, if a method needs one and MA
         --epochs "$MAE_EPOCHS" "${cap[@]}" --batch-size "$BATCH" --workers "$WORKERS" --resume "${MAE_EXTRA[@]}"
 }
 
-train_det() { # train_det RUN DETECTOR [FAKE_METHODS]: a detector on FF++ train, in ffpp-<comp>/det/RUN
+train_moco() { # SCL-KD's MoCo encoder on FF++'s train faces, unless MOCO names a finished run
+    if [ -n "${MOCO:-}" ]; then
+        echo "== $SCRIPT: using the MoCo run $MOCO" >&2
+        return
+    fi
+    local cap=()
+    [ -z "$MOCO_STEPS" ] || cap=(--max-steps "$MOCO_STEPS")
+    step train-moco "${LAUNCH[@]}" train-moco "$FFPP_DIR/shards" --out "$MOCO_DIR" --width "$MOCO_WIDTH" \
+        --epochs "$MOCO_EPOCHS" "${cap[@]}" --batch-size "$MOCO_BATCH" --queue-size "$MOCO_QUEUE" \
+        --crop-size "$MOCO_CROP" --workers "$WORKERS" --resume "${MOCO_EXTRA[@]}"
+}
+
+train_det() { # train_det RUN DETECTOR [FAKE_METHODS [OPTION...]]: a detector on FF++ train, in ffpp-<comp>/det/RUN
     local options=(--method "$2") own own_args
     [[ ,${NEEDS[$2]}, != *,train-mae,* ]] || options+=(--mae "$MAE_DIR")
+    if [[ ,${NEEDS[$2]}, == *,train-moco,* ]]; then
+        train_moco # returns at once once finished: every script can train SCL-KD's teacher
+        options+=(--init "$MOCO_DIR" --width "$MOCO_WIDTH")
+    fi
+    [[ ,${NEEDS[$2]}, != *,train-det,* || " ${*:4} " == *" --teacher "* ]] ||
+        die "--method $2 learns from another detector run: train it with scripts/sclkd.sh or scripts/few_labels.sh"
     own=DET_ARGS_${2//-/_}
     read -ra own_args <<<"${!own:-}"
     [ -z "${3:-}" ] || options+=(--methods "$3")
+    options+=("${@:4}")
     if [ "$PRETRAINED" = 1 ]; then options+=(--pretrained); else options+=(--no-pretrained); fi
     step "train-det $1" "${LAUNCH[@]}" train-det "$FFPP_DIR/shards" --out "$FFPP_DIR/det/$1" "${options[@]}" \
         --epochs "$DET_EPOCHS" --iters-per-epoch "$DET_ITERS" --batch-size "$BATCH" --workers "$WORKERS" \

@@ -93,7 +93,7 @@ def test_the_batch_size_does_not_change_a_score(ffpp_root, tmp_path_factory, sha
 
 def test_recce_refuses_options_it_does_not_have(shards, tmp_path):
     with pytest.raises(LrerrError, match=r"--backbone is not an option of --method recce \(it belongs to "
-                                         r"--method lrerr, xception\); recce takes --width"):
+                                         r"--method lrerr, sclkd, xception\); recce takes --width"):
         train_module.run(config(shards, tmp_path / "a", method="recce", options={"backbone": "x"}))
     with pytest.raises(LrerrError, match=r"--width: must be in \(0, 1\] \(got 2.0\)"):
         train_module.run(config(shards, tmp_path / "a", method="recce", options={"width": 2}))

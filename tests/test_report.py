@@ -237,3 +237,25 @@ def test_ablation_gains_carry_a_paired_bootstrap_p_value(tmp_path):
     write_report([strong, other], tmp_path / "other.md", level="video")
     text = (tmp_path / "other.md").read_text()
     assert f"Table V: no p-value for {strong} against {other}: they scored different videos" in text
+
+
+def test_the_few_label_table_takes_runs_that_record_a_label_fraction(tmp_path):
+    root = tmp_path / "scores"
+    root.mkdir()
+    runs = []
+    for detector, fraction, auc in (("sclkd", 0.05, 0.8), ("sclkd", 1.0, 0.9), ("xception", 0.05, 0.7)):
+        path = score_dir(root, f"{detector}-{fraction}", detector, FFPP, "ffpp", 0.5, auc,
+                         {m: (0.5, auc) for m in FFPP})
+        metrics = json.loads((path / "metrics.json").read_text())
+        metrics["run"]["train"]["label_fraction"] = fraction
+        (path / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(path)
+    written = write_report(runs, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "| Detector | Trained on | Tested on | 5 % | 100 % |" in text
+    assert "| SCL-KD | ffpp c23 [DF, F2F, FS, NT] | ffpp c23 [DF, F2F, FS, NT] | 80.00 | 90.00 |" in text
+    assert "| Xception | ffpp c23 [DF, F2F, FS, NT] | ffpp c23 [DF, F2F, FS, NT] | 70.00 | — |" in text
+    assert tmp_path / "r.few-labels.csv" in written
+    # Only the run with every label lands in the paper's Table I as well.
+    with open(tmp_path / "r.in-dataset.csv", newline="") as f:
+        assert [row["Detector"] for row in csv.DictReader(f)] == ["SCL-KD"]

@@ -296,3 +296,12 @@ def test_bad_settings_stop_the_script_before_any_work(data, tmp_path, setting, m
     result = run_script("ffpp.sh", {**data, "work": tmp_path / "work"}, env=setting)
     assert result.returncode == 2 and result.stderr.strip() == f"ffpp.sh: {message}"
     assert not (tmp_path / "work").exists()
+
+
+def test_few_labels_refuses_a_bad_fraction_before_any_work(data, tmp_path):
+    """sclkd.sh and few_labels.sh themselves take over a minute even with the tiny profile, so
+    their steps are tested in Python (test_method_sclkd.py); this checks the script's guard."""
+    result = run_script("few_labels.sh", {**data, "work": tmp_path / "work"}, env={"FRACTIONS": "0.05,1.5"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "few_labels.sh: FRACTIONS: '1.5' is not a fraction in (0, 1]"
+    assert not (tmp_path / "work").exists()

@@ -141,3 +141,25 @@ def centre_compactness(embeddings: list[torch.Tensor], centres: list[torch.Tenso
         target = F.normalize(centre.clone(), dim=0)
         parts.append(dist.masked_mean(1 - _unit_rows(embedding) @ target, real))
     return torch.stack(parts).mean()
+
+
+def binary_kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor,
+                   alpha: float = 0.5, temperature: float = 4.0) -> dict[str, torch.Tensor]:
+    """SCL-KD's distillation loss on one fake logit per face (Hinton et al.'s, for two classes):
+    α·T²·KL + (1 − α)·BCE on the `labelled` faces and T²·KL alone on the others, averaged
+    over the batch. KL(teacher ‖ student) is between the Bernoulli distributions
+    sigmoid(logit / T); T² keeps its gradients on the scale of the BCE's.
+
+    Returns {"total", "kl": mean T²·KL over all faces, "bce": mean BCE over the labelled faces
+    (0 with none)}. A rank's batch mean: DDP-exact when every rank holds as many faces.
+    """
+    s, t = student.float() / temperature, teacher.float() / temperature
+    p = torch.sigmoid(t)
+    kl = (p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s)))
+    kl = temperature ** 2 * kl
+    bce = F.binary_cross_entropy_with_logits(student.float(), labels.float(), reduction="none")
+    labelled = labelled.to(kl.device, torch.bool)
+    per_face = torch.where(labelled, alpha * kl + (1 - alpha) * bce, kl)
+    count = labelled.sum()
+    return {"total": per_face.mean(), "kl": kl.mean(),
+            "bce": (bce * labelled).sum() / count.clamp(min=1)}

@@ -50,7 +50,8 @@ class LoadedDetector:
 
 
 def load_detector(run_dir: str | Path, device: torch.device) -> LoadedDetector:
-    """The best weights of a complete train-det run in eval mode, with its method's context."""
+    """The best weights of a complete train-det run in eval mode, with its method's context
+    (None, and no parent run opened, for a method that `scores_alone`)."""
     run = open_parent(run_dir, STAGE)  # refuses a missing, unfinished or altered run
     cfg, extra = run.manifest.config, run.manifest.extra
     if "options" not in cfg:
@@ -58,7 +59,7 @@ def load_detector(run_dir: str | Path, device: torch.device) -> LoadedDetector:
                          "names no method options — retrain it with train-det --overwrite")
     method = get_method(cfg["method"]).resolve(cfg["options"])
     parents = {}
-    for parent in method.parents:
+    for parent in () if method.scores_alone else method.parents:
         recorded = extra["parents"][parent.name]
         path = linked_dir(run.path, recorded)
         if not path.is_dir():
@@ -67,7 +68,7 @@ def load_detector(run_dir: str | Path, device: torch.device) -> LoadedDetector:
         parents[parent.name] = open_parent(path, parent.stage)
         check_same_parent(run.path, parent, recorded, parents[parent.name].sha256,
                           f"the detector in {run.path}")
-    context = method.context(parents, cfg["seed"], device)
+    context = None if method.scores_alone else method.context(parents, cfg["seed"], device)
     checkpoint = load_checkpoint(best_checkpoint(run.path))
     net = method.build()  # every weight, a frozen extractor's included, comes from the checkpoint
     net.load_state_dict(checkpoint["model"])

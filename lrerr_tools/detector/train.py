@@ -17,6 +17,12 @@ video AUC is logged beside it. With one class or none in val, best.pt follows th
 Runs plainly or under `torchrun` (DDP); `--batch-size` is the global batch. Under DDP each
 rank validates every world_size-th val face and the ranks' scores are gathered.
 
+With `--label-fraction F` only some train videos keep their labels (`label_fraction.py`):
+a method that learns from unlabelled faces (`Method.uses_unlabelled`; the SCL-KD student)
+trains on every face, each batch flagging which are `labelled`, and draws the labelled ones
+balanced real/fake; any other trains on the labelled faces alone. The chosen videos are in
+the manifest's `labels`. Val keeps every label: it picks the epoch, as in the full runs.
+
 A method's frozen part (`Method.frozen`; LRErr's attention maps) is computed once per face
 and kept in RUN/cache (`detector/frozen_cache.py`, bounded by `--cache-gb`), for the later
 epochs, a `--resume` and `score`.
@@ -41,6 +47,7 @@ from lrerr_tools.detector.frozen_cache import FrozenCache
 from lrerr_tools.detector.predict import EVAL_PRECISION, eval_loader, predict, prepared_inputs
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
+from lrerr_tools.label_fraction import check_fraction, labelled_videos
 from lrerr_tools.manifest import Manifest, StageDir, write_stage
 from lrerr_tools.methods import get_method
 from lrerr_tools.methods.base import Method, OptimizerDefaults
@@ -89,6 +96,7 @@ class DetTrainConfig:
     options: dict = field(default_factory=dict)  # the method's options; check() fills in the defaults
     parents: dict = field(default_factory=dict)  # the method's parent runs by name, e.g. {"mae": DIR}
     methods: list[str] | None = None
+    label_fraction: float | None = None  # None: every train label (runs from before it match)
     pretrained: bool = True
     weights: str | None = None
     epochs: int = 30
@@ -145,6 +153,7 @@ class DetTrainConfig:
             raise LrerrError(f"--gamma must be in (0, 1] (got {self.gamma})")
         if self.workers < 0:
             raise LrerrError("--workers must be 0 or more")
+        check_fraction(self.label_fraction)
         if self.cache_gb is not None and not self.cache_gb >= 0:
             raise LrerrError(f"--cache-gb must be 0 or more (got {self.cache_gb})")
         if self.methods is not None:
@@ -181,11 +190,11 @@ class _EpochDraws(Sampler):
     """The balanced draws of one epoch, reseeded by `set_seed` before each: the DataLoader,
     and with it its workers, lives for the whole run."""
 
-    def __init__(self, dataset: ShardDataset, num_samples: int):
-        self.dataset, self.num_samples, self._draws = dataset, num_samples, None
+    def __init__(self, dataset: ShardDataset, num_samples: int, labelled: np.ndarray | None = None):
+        self.dataset, self.num_samples, self.labelled, self._draws = dataset, num_samples, labelled, None
 
     def set_seed(self, seed: int) -> None:
-        self._draws = balanced_sampler(self.dataset, self.num_samples, seed=seed)
+        self._draws = balanced_sampler(self.dataset, self.num_samples, seed=seed, labelled=self.labelled)
 
     def __iter__(self):
         return iter(self._draws)
@@ -200,6 +209,7 @@ class _Trainer:
         self.method = get_method(cfg.method).resolve(cfg.options)
         self.out = Path(cfg.out)
         self.train, self.val = _datasets(shards, cfg.methods, self.method.fields)
+        self.labelled_videos, self.face_labelled = self._label_subset()
         if cfg.batch_size % dist.world_size:
             raise LrerrError(f"--batch-size {cfg.batch_size} must divide evenly among {dist.world_size} "
                              "processes")
@@ -212,6 +222,22 @@ class _Trainer:
         self.parents = {name: d.as_parent(self.out) for name, d in parent_dirs.items()}
         self.train_data = describe_split(shards, "train", cfg.methods)
         self.log_fields = log_fields(self.method)
+
+    def _label_subset(self) -> tuple[list[str] | None, np.ndarray | None]:
+        """The videos that keep their labels (None: all), and for a method that also learns
+        from unlabelled faces, a labelled flag per train face; any other method's train set
+        becomes the labelled faces alone."""
+        cfg = self.cfg
+        self.train_videos = len(np.unique(self.train._video))  # of the faces kept, not of the shards
+        if cfg.label_fraction is None:
+            return None, None
+        chosen = labelled_videos(self.train, cfg.label_fraction, cfg.seed)
+        log.info("--label-fraction %g: %d of %d train videos keep their labels", cfg.label_fraction,
+                 len(chosen), len(self.train.video_ids))
+        if self.method.uses_unlabelled:
+            return chosen, np.isin(self.train.face_videos, chosen)
+        self.train = self.train.only_videos(chosen)
+        return chosen, None
 
     def check_parents(self, recorded: dict) -> None:
         """A run resumed or found finished must have been trained with these very parent runs."""
@@ -226,8 +252,10 @@ class _Trainer:
         self.net = self.method.build()
         if state.checkpoint is None:
             self.method.init(self.net, cfg.pretrained, cfg.weights)
+            self.method.init_from_parents(self.net, self.context)
         self.net.to(self.device)
-        self.optimizer = build_optimizer(self.net, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(self.net, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay,
+                                         lr_scale=self.method.lr_scale)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.epochs * cfg.iters_per_epoch,
                                          step_size=cfg.step_size, gamma=cfg.gamma)
         self.scaler = grad_scaler(self.device, self.dtype)
@@ -240,7 +268,7 @@ class _Trainer:
         self.model = wrap_model(self.net, self.dist, self.device)
         self.cache = self._frozen_cache()
         pin = self.device.type == "cuda"
-        self.draws = _EpochDraws(self.train, cfg.iters_per_epoch * self.rank_batch)
+        self.draws = _EpochDraws(self.train, cfg.iters_per_epoch * self.rank_batch, self.face_labelled)
         self.train_loader = DataLoader(self.train, batch_size=self.rank_batch, sampler=self.draws,
                                        num_workers=cfg.workers, pin_memory=pin,
                                        persistent_workers=cfg.workers > 0)
@@ -267,6 +295,8 @@ class _Trainer:
         self.model.train()
         totals, sums, start = [], 0.0, time.perf_counter()
         for batch in self.train_loader:
+            if method.uses_unlabelled:
+                batch["labelled"] = self._labelled(batch)
             inputs = prepared_inputs(method, self.net, self.context, batch, self.device, self.dtype,
                                      self.cache)
             labels = batch["label"].to(self.device).float()
@@ -290,6 +320,13 @@ class _Trainer:
         means = {"train_loss": float(torch.stack(totals).double().mean()),
                  **{f"train_{name}": float(total) / len(totals) for name, total in zip(names, sums.tolist())}}
         return means, time.perf_counter() - start, cfg.iters_per_epoch * cfg.batch_size
+
+    def _labelled(self, batch: dict) -> torch.Tensor:
+        """Which faces of a train batch keep their labels (all, without --label-fraction)."""
+        if self.labelled_videos is None:
+            return torch.ones(len(batch["video_id"]), dtype=torch.bool)
+        chosen = set(self.labelled_videos)
+        return torch.tensor([v in chosen for v in batch["video_id"]], dtype=torch.bool)
 
     def _check_finite(self, totals: list[torch.Tensor]) -> None:
         """Stop on the first NaN/inf loss of the steps since the last check, naming its step.
@@ -388,11 +425,20 @@ class _Trainer:
                  "eval_precision": EVAL_PRECISION,
                  "normalization": {"mean": list(self.net.mean), "std": list(self.net.std)},
                  "best": self._best(), "calibration": self._calibration(), "last": self.history[-1],
-                 "world_size": self.dist.world_size,
+                 "world_size": self.dist.world_size, "labels": self._labels(),
                  "checkpoints": {"best": str(best_checkpoint(Path())), "last": str(last_checkpoint(Path()))}}
         manifest = Manifest(stage=STAGE, config=asdict(self.cfg), parent=self.shards.as_parent(self.out),
                             counts=counts, complete=self.epoch == self.cfg.epochs, extra=extra)
         write_stage(self.out, manifest, self.history)
+
+
+    def _labels(self) -> dict:
+        """Which train videos kept their labels: all, or those `--label-fraction` chose."""
+        if self.labelled_videos is None:
+            return {"fraction": None, "videos": self.train_videos, "of_videos": self.train_videos}
+        return {"fraction": self.cfg.label_fraction, "videos": len(self.labelled_videos),
+                "of_videos": self.train_videos, "trains_on_unlabelled": self.method.uses_unlabelled,
+                "video_ids": self.labelled_videos}
 
 
 def run(cfg: DetTrainConfig) -> Manifest:

@@ -9,6 +9,8 @@ A method is one subclass of `Method` in its own module of this package, register
     net = method.build()                       # architecture, random init (the trainer seeds first)
     method.check_start(pretrained, weights)    # refuse a meaningless start, before any work
     method.init(net, pretrained, weights)      # pretrained weights, fresh runs only
+    method.init_from_parents(net, context)     # weights from a parent run, fresh runs only, after init
+    method.lr_scale(param_name)                # per-parameter lr multiplier (optimizer param groups)
     identity = method.frozen_identity(net, context)   # None: no per-face frozen part to cache
     frozen = method.frozen(net, context, batch, device)   # a function of each face alone (cached)
     inputs = method.inputs(net, context, batch, device, dtype, frozen)  # no grad: shard batch → model inputs
@@ -23,6 +25,12 @@ and to `predict` and `export`:
 Every network's `forward` takes the inputs dict and returns a dict with one fake `logit` per
 face, so DDP wraps any of them alike. A network exposes the normalisation its input images
 use as `mean` and `std` attributes (plain tuples, not state), recorded in the run manifest.
+
+With `train-det --label-fraction F`, a method that learns from unlabelled faces says so
+(`uses_unlabelled`): it trains on every train face, each batch carrying a bool `labelled`
+per face; every other method trains on the labelled videos' faces alone. A method whose
+context only serves training (SCL-KD's teacher) says `scores_alone`: `score` then builds no
+context and needs none of its parent runs.
 """
 
 from __future__ import annotations
@@ -135,6 +143,8 @@ class Method:
     loss_terms: ClassVar[tuple[str, ...]] = ("bce",)  # named terms of `losses`, one log.csv column each
     baseline: ClassVar[str | None] = None  # the method its ablation (Table V) compares against
     figure_title: ClassVar[str | None] = None  # what `figure` shows; None: no figure
+    uses_unlabelled: ClassVar[bool] = False  # trains on unlabelled faces too (`batch["labelled"]`)
+    scores_alone: ClassVar[bool] = False  # `score` passes context None and opens no parent run
 
     settings: dict = field(default_factory=dict)
 
@@ -180,6 +190,15 @@ class Method:
 
     def init(self, net, pretrained: bool, weights: str | None) -> None:
         """Load pretrained weights into a fresh `net`; a method with none ignores this."""
+
+    def init_from_parents(self, net, context) -> None:
+        """Load weights a parent run trained (in `context`) into a fresh `net`, after `init`;
+        a method with none ignores this."""
+
+    def lr_scale(self, param_name: str) -> float:
+        """The multiplier of the run's lr for the parameter `param_name` of the network (e.g. a
+        pretrained encoder fine-tuned slower than a new head)."""
+        return 1.0
 
     def context(self, parents: dict, seed: int, device) -> Any:
         """Frozen helpers built from the parent runs (`{name: StageDir}`), kept out of the
