@@ -92,9 +92,10 @@ class Option:
         return value
 
 
-def check_width(width: float) -> str | None:
-    """A `width` option's check: a channel multiplier of a network, in (0, 1]."""
-    return None if 0 < width <= 1 else "must be in (0, 1]"
+def check_fraction(value: float) -> str | None:
+    """The check of an option that is a share of a whole, in (0, 1]: a network's channel
+    multiplier (`width`), a share of the lr."""
+    return None if 0 < value <= 1 else "must be in (0, 1]"
 
 
 def check_weight(weight: float) -> str | None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lrerr_tools.blocks.crl import CrlNet, crl_losses
 from lrerr_tools.detector.overlays import error_column, heat_panels, image_panels, layout
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import OptimizerDefaults, Option, check_weight, check_width
+from lrerr_tools.methods.base import OptimizerDefaults, Option, check_fraction, check_weight
 from lrerr_tools.methods.recce import Recce
 
 
@@ -35,7 +35,7 @@ class Crl(Recce):
                "reconstruction error (JointGR)")
     options = (
         Option("width", float, 1.0, "channel multiplier of every layer; 1 is CRL's network and the only "
-               "width Xception's pretrained weights fit (smaller: quick CPU tests)", check=check_width),
+               "width Xception's pretrained weights fit (smaller: quick CPU tests)", check=check_fraction),
         Option("views", str, "scales", "views of the multi-view reconstruction loss on reals: scales, x̂ at "
                "1/8, 1/4 and full size; scales+grad adds the Sobel responses of x̂ (ours)",
                choices=("scales", "scales+grad")),

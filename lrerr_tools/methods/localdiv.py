@@ -23,7 +23,7 @@ from lrerr_tools.blocks.local_prediction import (
 from lrerr_tools.blocks.xception import load_pretrained_xception
 from lrerr_tools.detector.overlays import heat_panels, image_panels, layout
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import Method, Option, check_weight, check_width
+from lrerr_tools.methods.base import Method, Option, check_fraction, check_weight
 from lrerr_tools.normalization import normalize_uint8
 
 UNIT_SETS = ("all", "key")
@@ -42,7 +42,8 @@ class LocalDiversity(Method):
     fields = ("key_mask",)  # read with --units key
     options = (
         Option("width", float, 1.0, "channel multiplier of every layer; 1 is the method's network and the "
-               "only width Xception's pretrained weights fit (smaller: quick CPU tests)", check=check_width),
+               "only width Xception's pretrained weights fit (smaller: quick CPU tests)",
+               check=check_fraction),
         Option("unit_layer", str, "block3", "the block the units sit on: block3 (14×14 units of about "
                "91 px at 224 px) or block2 (28×28 of about 43 px)", choices=tuple(UNIT_LAYERS)),
         Option("units", str, "all", "the units the face's label supervises: all, or key (those in the face's "

@@ -17,7 +17,7 @@ from lrerr_tools.blocks.recce import RecceNet, recce_losses
 from lrerr_tools.blocks.xception import load_pretrained_xception
 from lrerr_tools.detector.overlays import error_column, heat_panels, image_panels, layout
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import Method, OptimizerDefaults, Option, check_weight, check_width
+from lrerr_tools.methods.base import Method, OptimizerDefaults, Option, check_fraction, check_weight
 from lrerr_tools.normalization import normalize_uint8
 
 
@@ -29,7 +29,7 @@ class Recce(Method):
                "faces; graph reasoning and reconstruction-guided attention feed the classifier")
     options = (
         Option("width", float, 1.0, "channel multiplier of every layer; 1 is RECCE's network and the only "
-               "width Xception's pretrained weights fit (smaller: quick CPU tests)", check=check_width),
+               "width Xception's pretrained weights fit (smaller: quick CPU tests)", check=check_fraction),
         Option("rec_weight", float, 0.1, "weight of the L1 reconstruction loss on real faces",
                check=check_weight),
         Option("metric_weight", float, 0.1, "weight of the metric loss", check=check_weight),

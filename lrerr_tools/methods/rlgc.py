@@ -20,7 +20,7 @@ from lrerr_tools.blocks.sobel import sobel_magnitude
 from lrerr_tools.detector.overlays import error_column, heat_panels, image_panels, layout
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import Method, OptimizerDefaults, Option, check_weight, check_width
+from lrerr_tools.methods.base import Method, OptimizerDefaults, Option, check_fraction, check_weight
 from lrerr_tools.normalization import normalize_uint8, unnormalize
 
 
@@ -34,7 +34,7 @@ class Rlgc(Method):
     options = (
         Option("width", float, 1.0, "channel multiplier of every layer (of the fused maps in steps of 32); 1 "
                "is RLGC's network and the only width B4's pretrained weights fit (smaller: quick CPU tests)",
-               check=check_width),
+               check=check_fraction),
         Option("rec_weight", float, 0.1, "weight of the L1 reconstruction loss on real faces (ours)",
                check=check_weight),
         Option("grad_weight", float, 0.1, "weight of the MSE between the predicted gradient map ĝ and the "

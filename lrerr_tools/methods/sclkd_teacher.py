@@ -21,7 +21,7 @@ from torch import nn
 from lrerr_tools.blocks.xception import XceptionLayers
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.methods import register
-from lrerr_tools.methods.base import Method, Option, Parent
+from lrerr_tools.methods.base import Method, Option, Parent, check_fraction
 from lrerr_tools.moco.model import Moco
 from lrerr_tools.normalization import normalize_uint8
 from lrerr_tools.run_dir import last_checkpoint
@@ -63,14 +63,6 @@ class MocoEncoderWeights:
     state: dict
 
 
-def _check_scale(scale: float) -> str | None:
-    return None if 0 < scale <= 1 else "must be in (0, 1]"
-
-
-def _check_width(width: float) -> str | None:
-    return None if 0 < width <= 1 else "must be in (0, 1]"
-
-
 @register
 class SclkdTeacher(Method):
     name = "sclkd-teacher"
@@ -79,9 +71,9 @@ class SclkdTeacher(Method):
     parents = (Parent("init", "train-moco",
                       "the train-moco run whose query encoder the teacher starts from"),)
     options = (Option("width", float, 1.0, "channel multiplier of the encoder: the MoCo run's --width",
-                      check=_check_width),
+                      check=check_fraction),
                Option("encoder_lr_scale", float, 0.1, "the encoder's lr as a share of --lr (the classifier "
-                      "trains at --lr)", check=_check_scale),
+                      "trains at --lr)", check=check_fraction),
                Option("linear_probe", bool, False, "freeze the encoder and train the classifier alone"))
 
     def build(self) -> TeacherNet:
