@@ -271,7 +271,9 @@ def describe(out: str | Path, manifest: Manifest) -> list[str]:
     lines += [f"  note: {note}" for note in metrics["notes"]]
     calibration = metrics.get("calibration")  # absent in scores made before score applied it
     if calibration is not None:
-        lines.append(f"  calibration (val, epoch {calibration['epoch']}, T = {calibration['temperature']}):")
+        temperature = calibration["temperature"]
+        shown = "none" if temperature is None else f"{temperature:.4g}"
+        lines.append(f"  calibration (val, epoch {calibration['epoch']}, T = {shown}):")
         for level in LEVELS:
             c = calibration[level]
             lines.append(f"  {level:<6}Acc {fmt(c['acc']['0.5']).strip()} at 0.5, "
