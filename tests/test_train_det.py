@@ -24,7 +24,7 @@ from lrerr_tools.errors import LrerrError
 from lrerr_tools.mae.train import MaeTrainConfig
 from lrerr_tools.mae.train import run as run_mae
 from lrerr_tools.manifest import content_sha256, read_manifest
-from lrerr_tools.methods import all_methods
+from lrerr_tools.methods import all_methods, get_method
 from lrerr_tools.normalization import mae_to, normalize_uint8
 from lrerr_tools.shard_dataset import ShardDataset
 from lrerr_tools.training import load_checkpoint
@@ -41,7 +41,8 @@ TINY = dict(pretrained=False, epochs=1, iters_per_epoch=2, batch_size=4, workers
 # and Local-Prediction's.
 TINY_OPTIONS = {"lrerr": {"backbone": "test_resnet", "attn_layers": LAYERS, "random_extractor": True},
                 "xception": {"backbone": "test_resnet"}, "recce": {"width": 0.0625},
-                "rlgc": {"width": 0.0625}, "crl": {"width": 0.0625}, "localdiv": {"width": 0.0625}}
+                "rlgc": {"width": 0.0625}, "crl": {"width": 0.0625}, "localdiv": {"width": 0.0625},
+                "sclkd-teacher": {"width": 1 / 16}, "sclkd": {"backbone": "test_resnet"}}
 
 
 def shared_mae(ffpp_root, tmp_path_factory):
@@ -64,14 +65,27 @@ def config(shards, out, method="lrerr", mae=None, options=None, **overrides):
                                        **{**TINY, **overrides})
 
 
+def shared_parents(method, ffpp_root, tmp_path_factory) -> dict:
+    """The parent runs (`Method.parents`, by name) a shared `method` run trains from, each
+    shared too."""
+    from test_method_sclkd import shared_moco
+
+    makers = {"mae": lambda: shared_mae(ffpp_root, tmp_path_factory),
+              "init": lambda: shared_moco(ffpp_root, tmp_path_factory),
+              "teacher": lambda: shared_detector("sclkd-teacher", ffpp_root, tmp_path_factory)}
+    return {parent.name: str(makers[parent.name]()) for parent in get_method(method).parents}
+
+
 def shared_detector(method, ffpp_root, tmp_path_factory):
     """A finished 1-epoch detector run of `method`, shared by every module; tests only read it."""
     shards = shared_png_shards(ffpp_root, tmp_path_factory)
-    mae = shared_mae(ffpp_root, tmp_path_factory)
+    parents = shared_parents(method, ffpp_root, tmp_path_factory)
 
     def make():
         out = tmp_path_factory.mktemp(f"det-{method}") / "run"
-        train_module.run(config(shards, out, method, mae))
+        cfg = config(shards, out, method)
+        cfg.parents = parents
+        train_module.run(cfg)
         return out
 
     return built(f"detector_{method}", make)
