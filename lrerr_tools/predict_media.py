@@ -371,7 +371,10 @@ def read_image(path: Path) -> np.ndarray | None:
     """An image file as RGB uint8: grayscale and CMYK are converted, alpha dropped, 16 bits
     scaled to 8, as OpenCV reads them; None when it is not an image OpenCV decodes."""
     data = np.fromfile(path, np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # OpenCV 5 raises, where 4 returned None, for an image over its pixel limit
+        return None
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

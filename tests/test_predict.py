@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -195,3 +198,16 @@ def test_a_bad_detector_or_option_is_refused_in_one_line(ffpp_root, tmp_path_fac
     assert result.exit_code == 2 and ("error: --aggregate must be one of mean, median, max, top_k_mean, "
                                       "confident") in result.stderr
     assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_an_image_over_opencvs_pixel_limit_is_unreadable_not_a_crash(tmp_path):
+    # The limit is read when cv2 loads, so a child process with a small one stands in for a
+    # photo of over 2^30 pixels.
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), np.zeros((400, 400, 3), np.uint8))
+    code = ("import sys; from pathlib import Path; from lrerr_tools.predict_media import read_image; "
+            "print(read_image(Path(sys.argv[1])) is None)")
+    env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "10000"}
+    result = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr[-2000:]
