@@ -528,7 +528,7 @@ def export(
     detector: Annotated[Path, typer.Argument(help="A finished train-det run.")],
     out: Annotated[Path, typer.Option(help="The file to write; its sidecar FILE.json goes beside it.")],
     format: Annotated[str, typer.Option(
-        help="torchscript or onnx (needs the onnx package).")] = "torchscript",
+        help="torchscript, or onnx (opset 17; onnxruntime runs it).")] = "torchscript",
 ) -> None:
     """The detector as one graph: uint8 RGB aligned faces (B, 3, 224, 224) in, one logit per face
     out, normalisation and frozen parts (LRErr's MAE and extractor) inside. `predict --detector
