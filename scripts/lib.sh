@@ -38,6 +38,8 @@ SETTINGS_HELP='Options (each also read from the environment variable in brackets
   --profile NAME      paper (the paper'"'"'s settings) or tiny (minutes on a laptop) [PROFILE]
   --method NAMES      detection methods to train and score, comma-separated [METHOD; default: lrerr;
                       `lrerr-tools methods` lists them]
+  --dry-run           check the settings and the datasets, then print each stage command the script
+                      would run, one a line, and run none of them [DRY_RUN=1]
 Settings the profile chooses, each overridable by its variable: FRAMES (per video), MAE_PRESET,
 MAE_EPOCHS, MAE_STEPS (cap per epoch), DET_EPOCHS, DET_ITERS, BATCH, WORKERS, PRETRAINED (0/1),
 JOBS (videos in parallel, 0 = a core each); for SCL-KD'"'"'s train-moco: MOCO_EPOCHS, MOCO_STEPS (cap
@@ -55,6 +57,10 @@ parse_args() {
                 echo
                 echo "$SETTINGS_HELP"
                 exit 0
+                ;;
+            --dry-run)
+                DRY_RUN=1
+                shift
                 ;;
             --ffpp | --ffpp-splits | --celebdf | --celebdf-list | --dfd | --work | --comp | --profile | --method)
                 (($# >= 2)) || die "$1 needs a value"
@@ -96,7 +102,7 @@ settings() {
             ;;
         *) die "--profile must be paper or tiny (got '$PROFILE')" ;;
     esac
-    : "${COMP:=c23}" "${JOBS:=0}" "${WORK:=work}" "${METHOD:=lrerr}" "${TRAIN_LAUNCH:=lrerr-tools}"
+    : "${COMP:=c23}" "${DRY_RUN:=0}" "${JOBS:=0}" "${WORK:=work}" "${METHOD:=lrerr}" "${TRAIN_LAUNCH:=lrerr-tools}"
     case $COMP in c23 | c40) ;; *) die "--comp must be c23 or c40 (got '$COMP')" ;; esac
     # Checked here so that a typo stops the script before hours of work, not at the stage that reads it.
     local name
@@ -109,6 +115,7 @@ settings() {
     [[ -z $MAE_STEPS || $MAE_STEPS =~ ^[1-9][0-9]*$ ]] || die "MAE_STEPS must be empty or a positive whole number (got '$MAE_STEPS')"
     [[ -z $MOCO_STEPS || $MOCO_STEPS =~ ^[1-9][0-9]*$ ]] || die "MOCO_STEPS must be empty or a positive whole number (got '$MOCO_STEPS')"
     case $PRETRAINED in 0 | 1) ;; *) die "PRETRAINED must be 0 or 1 (got '$PRETRAINED')" ;; esac
+    case $DRY_RUN in 0 | 1) ;; *) die "DRY_RUN must be 0 or 1 (got '$DRY_RUN')" ;; esac
     read -ra EXTRACT_EXTRA <<<"${EXTRACT_ARGS:-}"
     read -ra LANDMARKS_EXTRA <<<"${LANDMARKS_ARGS:-}"
     read -ra SHARD_EXTRA <<<"${SHARD_ARGS:-}"
@@ -169,6 +176,12 @@ step() { # step NAME COMMAND...: run one stage, or stop the script with a line t
     echo "== $SCRIPT: $1" >&2
     local name=$1 status=0
     shift
+    if ((DRY_RUN)); then
+        local quoted
+        printf -v quoted '%q ' "$@"
+        echo "${quoted% }"
+        return
+    fi
     "$@" || status=$?
     if ((status == 130 || status == 143)); then # SIGINT, SIGTERM: there may be no error to read
         echo "$SCRIPT: interrupted at '$name'. Rerun the same command to resume: finished stages are skipped." >&2
@@ -224,6 +237,11 @@ prepare() { # prepare DATASET: extract, landmarks and shards
     extract_command "$1"
     step "extract $1" "${EXTRACT_CMD[@]}"
     after_extract "$1"
+}
+
+check() { # check NAME COMMAND...: a step that writes nothing, so it runs under --dry-run too
+    local DRY_RUN=0
+    step "$@"
 }
 
 train_mae() { # the MAE on FF++'s real train faces, if a method needs one and MAE names no finished run
@@ -290,13 +308,13 @@ report() { # report TABLE: the tables this script's scores fill, in WORK/reports
     for comp in c23 c40; do
         for scored in "${SCORED[@]}"; do
             path=$(score_dir $scored "$comp") # $scored is "RUN DATASET"
-            if [ -f "$path/metrics.json" ]; then dirs+=("$path"); fi
+            # Under --dry-run this script's own scores don't exist yet, but would.
+            if [ -f "$path/metrics.json" ] || { ((DRY_RUN)) && [ "$comp" = "$COMP" ]; }; then dirs+=("$path"); fi
         done
     done
-    mkdir -p "$WORK/reports"
+    ((DRY_RUN)) || mkdir -p "$WORK/reports"
     step "report $1" lrerr-tools report "${dirs[@]}" --out "$WORK/reports/$1.md"
-    echo
-    cat "$WORK/reports/$1.md"
+    ((DRY_RUN)) || { echo; cat "$WORK/reports/$1.md"; }
 }
 
 cross_dataset_scores() { # each of METHOD trained on all of FF++, scored on FF++, Celeb-DF-v2 and DFD
@@ -307,7 +325,7 @@ cross_dataset_scores() { # each of METHOD trained on all of FF++, scored on FF++
     done
     for dataset in ffpp celebdf dfd; do
         extract_command "$dataset"
-        step "check $dataset" "${EXTRACT_CMD[@]}" --dry-run
+        check "check $dataset" "${EXTRACT_CMD[@]}" --dry-run
     done
     for dataset in ffpp celebdf dfd; do
         prepare "$dataset"

@@ -1,8 +1,11 @@
-"""The protocol scripts end to end on the synthetic samples with tiny settings, sharing one
-work directory as users would: each builds on what the scripts before it finished.
+"""The protocol scripts on the synthetic samples with tiny settings, sharing one work
+directory as users would: each builds on what the scripts before it finished.
 
-timm's test_resnet stands in for Xception to keep the ~10 detectors fast on CPU; everything
-else (extract, landmarks, shards, the MAE, training, scoring, the report) runs for real.
+ffpp.sh and cross_dataset.sh run end to end: timm's test_resnet stands in for Xception to
+keep the detectors fast on CPU; everything else (extract, landmarks, shards, the MAE,
+training, scoring, the report) runs for real. The other table scripts differ from those only
+in which detectors they train on which fakes, and where they score them, so their tests read
+the commands `--dry-run` prints; test_report.py fills each table from scores.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import csv
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,27 +162,42 @@ def test_an_unknown_method_stops_the_script_before_any_work(data, tmp_path):
     assert not (tmp_path / "work").exists()
 
 
-def test_cross_manip_fills_table_two(data):
-    check(run_script("cross_manip.sh", data))
-    rows = table(data, "cross-manipulation", "cross-manipulation")
-    assert sorted(rows) == sorted(("LRErr", train, "c23") for train in ("DF", "F2F", "FS", "NT"))
-    for cells in rows.values():
-        assert list(cells) == ["DF", "F2F", "FS", "NT", "Avg"]
-        values = [percent(v) for v in cells.values()]
-        assert values[-1] == pytest.approx(sum(values[:-1]) / 4, abs=0.01)
-    det = json.loads((data["work"] / "ffpp-c23" / "det" / "lrerr-FaceSwap" / "manifest.json").read_text())
-    assert det["extra"]["train_data"]["methods"] == ["FaceSwap"]
+def plan(data: dict, script: str, tmp_path: Path) -> list[list[str]]:
+    """The stage commands `script --dry-run` prints, each split into its words; it must write nothing."""
+    work = tmp_path / "planned"
+    output = check(run_script(script, {**data, "work": work}, "--dry-run"))
+    assert not work.exists()
+    return [shlex.split(line) for line in output.splitlines() if line.startswith("lrerr-tools ")]
 
 
-def test_gid_fills_table_three(data):
-    check(run_script("gid.sh", data))
-    cells = table(data, "leave-one-out", "leave-one-out")[("LRErr",)]
-    for target in ("DF", "F2F"):
-        percent(cells[f"GID-{target} c23 Acc"]), percent(cells[f"GID-{target} c23 AUC"])
-        assert cells[f"GID-{target} c40 AUC"] == ""
-    det = json.loads((data["work"] / "ffpp-c23" / "det" / "lrerr-gid-Deepfakes" / "manifest.json")
-                     .read_text())
-    assert det["extra"]["train_data"]["methods"] == ["Face2Face", "FaceSwap", "NeuralTextures"]
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def trained_and_scored(commands: list[list[str]]) -> list[tuple[str, str, str]]:
+    """(run, its --methods or '', the test shards) of each detector, in the order trained and scored."""
+    trained = {Path(option(c, "--out")).name: option(c, "--methods") if "--methods" in c else ""
+               for c in commands if c[1] == "train-det"}
+    return [(Path(option(c, "--detector")).name, trained[Path(option(c, "--detector")).name],
+             Path(c[2]).parent.name) for c in commands if c[1] == "score"]
+
+
+def test_cross_manip_trains_and_scores_one_detector_per_method(data, tmp_path):
+    commands = plan(data, "cross_manip.sh", tmp_path)
+    methods = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+    assert trained_and_scored(commands) == [(f"lrerr-{m}", m, "ffpp-c23") for m in methods]
+    assert [c[1] for c in commands].index("train-mae") < [c[1] for c in commands].index("train-det")
+    report = commands[-1]
+    assert report[1] == "report" and option(report, "--out").endswith("reports/cross-manipulation.md")
+    assert [Path(d).parent.name for d in report[2:report.index("--out")]] == [f"lrerr-{m}" for m in methods]
+
+
+def test_gid_leaves_each_target_method_out_of_training(data, tmp_path):
+    commands = plan(data, "gid.sh", tmp_path)
+    assert trained_and_scored(commands) == [
+        ("lrerr-gid-Deepfakes", "Face2Face,FaceSwap,NeuralTextures", "ffpp-c23"),
+        ("lrerr-gid-Face2Face", "Deepfakes,FaceSwap,NeuralTextures", "ffpp-c23")]
+    assert option(commands[-1], "--out").endswith("reports/leave-one-out.md")
 
 
 def test_cross_dataset_fills_table_four_and_reuses_the_ffpp_detector(data):
@@ -193,14 +212,13 @@ def test_cross_dataset_fills_table_four_and_reuses_the_ffpp_detector(data):
     assert {json.loads(r)["split"] for r in records} == {"test"}
 
 
-def test_ablation_fills_table_five(data):
-    check(run_script("ablation.sh", data))
-    rows = table(data, "ablation", "ablation")
-    assert list(rows) == [("Xception", "c23"), ("LRErr", "c23"), ("LRErr − Xception", "c23")]
-    base, lrerr, gain = rows.values()
-    for dataset in ("Celeb-DF-v2", "DFD"):
-        difference = percent(lrerr[dataset]) - percent(base[dataset])
-        assert float(gain[dataset]) == pytest.approx(difference, abs=0.02)
+def test_ablation_trains_the_baseline_beside_the_method_on_every_test_set(data, tmp_path):
+    commands = plan(data, "ablation.sh", tmp_path)
+    tests = ["ffpp-c23", "celebdf", "dfd-c23"]
+    assert trained_and_scored(commands) == [(run, "", t) for run in ("xception", "lrerr") for t in tests]
+    report = commands[-1]
+    assert option(report, "--out").endswith("reports/ablation.md")
+    assert len(report[2:report.index("--out")]) == 6
 
 
 def test_slurm_array_parts_merge_to_what_the_scripts_extract(data):
