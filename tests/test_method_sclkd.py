@@ -181,8 +181,8 @@ def test_the_kd_loss_on_hand_made_logits():
 
 
 def student_config(shards, out, teacher, **overrides):
-    return det_config(shards, out, "sclkd", STUDENT, {"teacher": str(teacher)}, label_fraction=0.5,
-                      **overrides)
+    return det_config(shards, out, "sclkd", STUDENT, {"teacher": str(teacher)},
+                      **{"label_fraction": 0.5, **overrides})
 
 
 def test_the_student_learns_from_every_face_its_labels_only_where_chosen(shards, teacher, tmp_path,
@@ -229,6 +229,19 @@ def test_student_resume_is_exact_and_score_needs_no_teacher(shards, teacher, tmp
     score = run_score(ScoreConfig(shard_dir=str(shards), detector=str(tmp_path / "straight"),
                                   out=str(tmp_path / "score"), device="cpu", workers=0, resamples=0))
     assert score.counts["frames"] > 0 and score.extra["method"] == "sclkd"
+
+
+def test_a_student_with_other_labels_than_its_teacher_is_refused(shards, teacher, tmp_path):
+    # The teacher learnt from half the train videos' labels: a student with all of them would
+    # not be distilled from the teacher the protocol means; one with fewer would be reported
+    # as a few-label result it is not (the sample has too few videos for a smaller subset).
+    for fraction in (1.0, None):
+        with pytest.raises(LrerrError, match=rf"--teacher .*teacher: trained on the labels of \d+ train "
+                                             rf"videos \(--label-fraction 0.5\), this run on \d+ "
+                                             rf"\(--label-fraction {fraction}\)"):
+            train_module.run(student_config(shards, tmp_path / f"student-{fraction}", teacher,
+                                            label_fraction=fraction))
+        assert not (tmp_path / f"student-{fraction}" / "checkpoints").exists()
 
 
 def test_a_teacher_that_is_not_a_teacher_is_refused(shards, moco, teacher, tmp_path):

@@ -216,6 +216,7 @@ class _Trainer:
         self.rank_batch = cfg.batch_size // dist.world_size
         self.dtype = amp_dtype(device, cfg.amp)
         parent_dirs = open_parents(self.method, cfg.parents)
+        self._check_parent_labels(parent_dirs)
         self.context = self.method.context(parent_dirs, cfg.seed, device)
         for dataset in (self.train, self.val):
             self.method.check_data(dataset, self.context)
@@ -238,6 +239,26 @@ class _Trainer:
             return chosen, np.isin(self.train.face_videos, chosen)
         self.train = self.train.only_videos(chosen)
         return chosen, None
+
+    def _check_parent_labels(self, parent_dirs: dict) -> None:
+        """A detector learning from another detector run (SCL-KD's student from its teacher)
+        must have the labels that run had: a teacher trained on more labelled videos than its
+        student would carry them into a few-label result, and one trained on fewer would not be
+        the teacher the protocol means."""
+        ours = self.labelled_videos
+        count = self.train_videos if ours is None else len(ours)
+        for parent in self.method.parents:
+            run = parent_dirs[parent.name]
+            labels = run.manifest.extra.get("labels") if parent.stage == STAGE else None
+            if labels is None:  # not a detector, or one from before labels were recorded
+                continue
+            theirs = labels.get("video_ids")
+            if (theirs is None) == (ours is None) and sorted(theirs or []) == sorted(ours or []):
+                continue
+            raise LrerrError(
+                f"{parent.flag} {run.path}: trained on the labels of {labels['videos']} train videos "
+                f"(--label-fraction {labels['fraction']}), this run on {count} (--label-fraction "
+                f"{self.cfg.label_fraction}) — give it the same --label-fraction, --seed and --methods")
 
     def check_parents(self, recorded: dict) -> None:
         """A run resumed or found finished must have been trained with these very parent runs."""
