@@ -51,9 +51,8 @@ def as_dataset_of_one(video: Path, run: str, setup, work: Path, device: str) -> 
     work.mkdir()
     (work / "list.csv").write_text(f"path,label,split\n{video.name},1,test\n")
     start = time.perf_counter()
-    extract_stage.run(replace(setup.extract, root=str(video.parent), dataset="folder",
-                              methods=None, keep_splits=None, splits=str(work / "list.csv"), out=str(work / "extract"),
-                              device=setup.extract.device))
+    extract_stage.run(replace(setup.extract, root=str(video.parent), dataset="folder", methods=None,
+                              keep_splits=None, splits=str(work / "list.csv"), out=str(work / "extract")))
     known = {f.name for f in fields(landmarks.LandmarksConfig)} - set(landmarks.LandmarksConfig.RUN_OPTIONS)
     trained = {k: v for k, v in setup.scorer.training["landmarks"].items() if k in known}
     landmarks.run(landmarks.LandmarksConfig(extract_dir=str(work / "extract"), out=str(work / "landmarks"),

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py mae [--presets tiny,base] [--steps 5] [--batch 8]
     python benchmarks/bench_train.py det [--methods lrerr,recce,xception] [--steps 3] [--cpu-batch 8]
+    python benchmarks/bench_train.py det --methods sclkd --against sclkd-teacher
     python benchmarks/bench_train.py det --runs [--epochs 3] [--iters 3] [--frames 12]
     python benchmarks/bench_train.py moco [--steps 3] [--cpu-batch 8]
 
@@ -22,7 +23,7 @@ options, random weights, 224 px random uint8 faces) against the plain Xception b
 same run. A step is split into the method's no-grad input step (LRErr: the MAE
 reconstruction of a random base-preset MAE and the frozen extractor; nothing for the others)
 and the trainable step (forward, the method's losses, backward, its optimizer); the ratio
-columns say how much slower than Xception each method is.
+columns say how much slower than Xception (or the method `--against` names) each method is.
 
 `det --runs`: whole 3-epoch `train-det` runs (training steps and val pass) of LRErr, with its
 frozen cache and with `--cache-gb 0`, against Xception on the same synthetic shards: each
@@ -51,7 +52,7 @@ from multiprocessing import get_context
 import torch
 
 KEY_PATCHES = [r * 14 + c for r in range(4, 13) for c in range(3, 11)]  # 72 patches, like the demo's T
-BASELINE = "xception"  # what `det` measures every method against
+BASELINE = "xception"  # what `det` measures every method against, unless --against names another
 
 
 def _peak_rss_mb() -> float:
@@ -229,8 +230,9 @@ def bench_det(args: argparse.Namespace) -> None:
     from lrerr_tools.methods import all_methods
 
     names = args.methods.split(",") if args.methods else list(all_methods())
-    if BASELINE not in names:
-        names.append(BASELINE)
+    against = args.against
+    if against not in names:
+        names.append(against)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     runs = []
     for device in devices:
@@ -239,20 +241,20 @@ def bench_det(args: argparse.Namespace) -> None:
         runs.append({name: run_isolated(det_case, name, device, batch, args.warmup, steps) for name in names})
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, torch {torch.__version__}")
-    gpu = next((r[BASELINE]["gpu"] for r in runs if "gpu" in r[BASELINE]), None)
+    gpu = next((r[against]["gpu"] for r in runs if "gpu" in r[against]), None)
     if gpu:
-        print(f"GPU: {gpu} ({next(r[BASELINE]['dtype'] for r in runs if 'gpu' in r[BASELINE])} autocast)")
+        print(f"GPU: {gpu} ({next(r[against]['dtype'] for r in runs if 'gpu' in r[against])} autocast)")
     print("default options at 224 px, random weights; medians. 'prep': the method's no-grad input step "
           "(LRErr: base MAE reconstruction + attention maps); 'step': forward+losses+backward+optimizer; "
-          "'score': prep + eval forward. Ratios: xception img/s / the method's (how much slower it is)")
-    print(f"{'device':<7}{'batch':>6}{'steps':>6}{'method':>10}{'prep s':>8}{'step s':>8}{'train img/s':>13}"
+          f"'score': prep + eval forward. Ratios: {against} img/s / the method's (how much slower it is)")
+    print(f"{'device':<7}{'batch':>6}{'steps':>6}{'method':>15}{'prep s':>8}{'step s':>8}{'train img/s':>13}"
           f"{'score img/s':>13}{'train ×':>9}{'score ×':>9}{'peak MB':>14}")
     for run in runs:
-        base = run[BASELINE]
+        base = run[against]
         for name, r in run.items():
             memory = f"{r['peak_mb']:.0f}" + (f" (+{r['added_mb']:.0f})" if "added_mb" in r else "")
             train, score = (base[k] / r[k] for k in ("train_img_s", "score_img_s"))
-            print(f"{r['device']:<7}{r['batch']:>6}{r['steps']:>6}{name:>10}{r['prep_s']:>8.3f}"
+            print(f"{r['device']:<7}{r['batch']:>6}{r['steps']:>6}{name:>15}{r['prep_s']:>8.3f}"
                   f"{r['step_s']:>8.3f}{r['train_img_s']:>13.1f}{r['score_img_s']:>13.1f}"
                   f"{train:>8.2f}x{score:>8.2f}x{memory:>14}")
 
@@ -427,6 +429,8 @@ def main() -> None:
     det.add_argument("--gpu-batch", type=int, default=32, help="batch on a GPU (the paper's)")
     det.add_argument("--gpu-steps", type=int, default=20, help="timed steps on a GPU")
     det.add_argument("--methods", default="", help="comma-separated methods (default: every registered one)")
+    det.add_argument("--against", default=BASELINE,
+                     help="the method the ratios are against, e.g. sclkd-teacher for SCL-KD's student")
     det.add_argument("--runs", action="store_true",
                      help="time whole train-det runs (epochs with validation) instead of single steps")
     det.add_argument("--epochs", type=int, default=3, help="--runs: epochs per run")
