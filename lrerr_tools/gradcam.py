@@ -28,6 +28,8 @@ from lrerr_tools.metrics import THRESHOLD
 CAM_FILE = "cam.png"
 ROWS = ("most confident fakes", "most confident reals", "worst mistakes")
 CELL_INCHES, DPI = 2.3, 100  # about 230 px a face
+# Faces per row at most: 100 are 23,000 px wide, within what Agg can draw (2^16 px a side).
+MAX_PER_ROW = 100
 
 
 class _FakeLogit(nn.Module):

@@ -44,7 +44,7 @@ from lrerr_tools.detector.overlays import pick_faces
 from lrerr_tools.detector.predict import EVAL_PRECISION, predict
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.gradcam import CAM_FILE, write_cam_figure
+from lrerr_tools.gradcam import CAM_FILE, MAX_PER_ROW, write_cam_figure
 from lrerr_tools.mae.grid import write_grid
 from lrerr_tools.manifest import Manifest, open_parent, write_stage
 from lrerr_tools.methods import get_method
@@ -107,8 +107,8 @@ class ScoreConfig:
             raise LrerrError("--batch-size must be at least 1")
         if self.workers < 0 or self.overlays < 0:
             raise LrerrError("--workers and --overlays must be 0 or more")
-        if self.cam < 0:
-            raise LrerrError(f"--cam must be 0 or more (got {self.cam})")
+        if not 0 <= self.cam <= MAX_PER_ROW:
+            raise LrerrError(f"--cam must be 0 to {MAX_PER_ROW} faces per row (got {self.cam})")
         if self.resamples:
             self.bootstrap().check()
         aggregation = self.video_aggregation()

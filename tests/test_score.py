@@ -156,7 +156,7 @@ def test_bad_input_is_a_clear_error(ffpp_root, tmp_path_factory, tmp_path):
     with pytest.raises(LrerrError, match="--split must be one of"):
         run(ScoreConfig(split="dev", device="cpu", **config))
     result = invoke("score", shards, "--detector", detector, "--out", tmp_path / "cli", "--cam", "-1")
-    assert assert_one_error_line(result) == "error: --cam must be 0 or more (got -1)"
+    assert assert_one_error_line(result) == "error: --cam must be 0 to 100 faces per row (got -1)"
     assert not (tmp_path / "cli").exists()
     with pytest.raises(LrerrError, match=r"--top-fraction must be in \(0, 1\], got 2"):
         run(ScoreConfig(aggregation={"top_fraction": 2}, device="cpu", **config))
