@@ -444,6 +444,9 @@ def score(
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 4,
     overlays: Annotated[int, typer.Option(
         help="Real and as many fake faces drawn with their attention maps in attention.png.")] = 4,
+    cam: Annotated[int, typer.Option(
+        help="Grad-CAM in cam.png of the N most confident fakes, the N most confident reals and the N worst "
+             "mistakes; 0: none.")] = 0,
     top_fraction: Annotated[float, typer.Option(
         help="top_k_mean aggregator: the mean of a video's k highest frame probs, k = max(1, floor(this × "
              "frames)).")] = 0.25,
@@ -476,7 +479,7 @@ def score(
     manifest = run(ScoreConfig(shard_dir=str(shard_dir), detector=str(detector), out=str(out), split=split,
                                batch_size=batch_size, device=device, workers=workers, overlays=overlays,
                                aggregation=aggregation, resamples=resamples, bootstrap_seed=bootstrap_seed,
-                               overwrite=overwrite))
+                               overwrite=overwrite, cam=cam))
     for line in describe(out, manifest):
         typer.echo(line)
 

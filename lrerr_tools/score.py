@@ -11,6 +11,8 @@ shard directory, and the paper's metrics on it.
                                        after the detector's val temperature
     OUT/attention.png                  the method's figure, if it has one (LRErr: faces,
                                        reconstructions and attention maps)
+    OUT/cam.png                        with --cam N: Grad-CAM of the N most confident fakes,
+                                       reals and worst mistakes (gradcam.py)
     OUT/work/config.json               the config OUT was claimed with (see stage_dir.py)
 
 A frame's prob is sigmoid(logit); a video's is the mean over its frames, grouped by the
@@ -42,6 +44,7 @@ from lrerr_tools.detector.overlays import pick_faces
 from lrerr_tools.detector.predict import EVAL_PRECISION, predict
 from lrerr_tools.detector.provenance import describe_split
 from lrerr_tools.errors import LrerrError
+from lrerr_tools.gradcam import CAM_FILE, MAX_PER_ROW, write_cam_figure
 from lrerr_tools.mae.grid import write_grid
 from lrerr_tools.manifest import Manifest, open_parent, write_stage
 from lrerr_tools.methods import get_method
@@ -65,7 +68,7 @@ log = logging.getLogger(__name__)
 STAGE = "score"
 FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE = "frames.csv", "videos.csv", "roc.png", "attention.png"
 RELIABILITY_FILE = "reliability.png"
-OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, RELIABILITY_FILE, ATTENTION_FILE)
+OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, RELIABILITY_FILE, ATTENTION_FILE, CAM_FILE)
 FRAME_FIELDS = ["video_id", "method", "label", "frame_index", "prob"]
 VIDEO_FIELDS = ["video_id", "method", "label", "frames", *map(video_prob_key, AGGREGATORS)]
 
@@ -80,6 +83,7 @@ class ScoreConfig:
     device: str = "auto"
     workers: int = 4
     overlays: int = 4
+    cam: int = 0  # faces per row of cam.png (most confident fakes, reals, worst mistakes); 0: none
     # The video aggregators' constants (metrics.Aggregation); check() fills in the defaults.
     aggregation: dict = field(default_factory=dict)
     resamples: int = 1000  # bootstrap resamples of the videos for the intervals; 0: none
@@ -103,6 +107,8 @@ class ScoreConfig:
             raise LrerrError("--batch-size must be at least 1")
         if self.workers < 0 or self.overlays < 0:
             raise LrerrError("--workers and --overlays must be 0 or more")
+        if not 0 <= self.cam <= MAX_PER_ROW:
+            raise LrerrError(f"--cam must be 0 to {MAX_PER_ROW} faces per row (got {self.cam})")
         if self.resamples:
             self.bootstrap().check()
         aggregation = self.video_aggregation()
@@ -190,6 +196,7 @@ def run(cfg: ScoreConfig) -> Manifest:
         attention = ATTENTION_FILE
     elif method.figure_title:
         attention = "none: --overlays 0"
+    cam = _cam_figure(cfg, out, loaded, dataset, rows, device, title)
 
     summary = {level: {k: metrics[level][k] for k in ("auc", "acc", "ap", "eer")} for level in LEVELS}
     parents = {name: d.as_parent(out) for name, d in loaded.parents.items()}  # re-based to OUT
@@ -198,8 +205,18 @@ def run(cfg: ScoreConfig) -> Manifest:
                         extra={"detector": detector_run.as_parent(out), "method": method.name,
                                "precision": EVAL_PRECISION,
                                "parents": parents, "run": metrics["run"], "metrics": summary,
-                               "attention": attention})
+                               "attention": attention, "cam": cam})
     return write_stage(out, manifest, ({**r, "split": cfg.split} for r in rows))
+
+
+def _cam_figure(cfg: ScoreConfig, out: Path, loaded, dataset: ShardDataset, rows: list[dict], device,
+                title: str) -> str:
+    """cam.png with `--cam N`; what the manifest's `extra.cam` says."""
+    if not cfg.cam:
+        return "none: --cam 0"
+    write_cam_figure(out / CAM_FILE, loaded.method, loaded.net, loaded.context, dataset, rows, cfg.cam,
+                     batch_size=cfg.batch_size, device=device, title=f"{title}, run {loaded.run.path.name}")
+    return CAM_FILE
 
 
 def _fitted_calibration(detector: Manifest) -> dict:
@@ -287,4 +304,7 @@ def describe(out: str | Path, manifest: Manifest) -> list[str]:
         lines.append(f"reliability: {out / RELIABILITY_FILE}")
     lines += [
               f"attention: {out / attention if attention == ATTENTION_FILE else attention}"]
+    cam = manifest.extra.get("cam")  # absent in scores made before --cam
+    if cam is not None:
+        lines.append(f"cam:       {out / cam if cam == CAM_FILE else cam}")
     return lines

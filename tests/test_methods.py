@@ -13,7 +13,7 @@ from lrerr_tools.cli import app
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import schema
 from lrerr_tools.methods import NOT_METHODS, all_methods, get_method
-from lrerr_tools.methods.base import Option, parse_cli_args
+from lrerr_tools.methods.base import Method, Option, parse_cli_args
 from lrerr_tools.report import metrics_schema, write_report
 
 REGISTERED = list(all_methods())
@@ -28,6 +28,7 @@ def test_every_method_module_registers_one_method():
         assert set(method.resolve({}).settings) == {o.name for o in method.options}
         stages = schema("manifest")["properties"]["stage"]["enum"]
         assert all(p.stage in stages for p in method.parents) and method.baseline in (None, *REGISTERED)
+        assert method.cam_layer is not Method.cam_layer, f"{name} names no layer for Grad-CAM (score --cam)"
 
 
 def test_methods_lists_title_parents_fields_and_cost():

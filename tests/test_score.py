@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from jsonschema import validate
+from test_extract_bad_input import assert_one_error_line, invoke
 from test_train_det import shared_detector
 from test_train_mae import shards_without
 from typer.testing import CliRunner
@@ -36,7 +37,7 @@ def scored(ffpp_root, tmp_path_factory):
         out = root / method
         result = CliRunner().invoke(app, ["score", str(shards), "--detector", str(detector),
                                           "--out", str(out), "--batch-size", "8", "--device", "cpu",
-                                          "--workers", "0", "--overlays", "2"])
+                                          "--workers", "0", "--overlays", "2", "--cam", "2"])
         assert result.exit_code == 0, result.output
         outputs[method] = (out, result.output)
     return outputs
@@ -105,6 +106,9 @@ def test_score_writes_metrics_csvs_and_plots(scored, method, ffpp_root, tmp_path
     assert cv2.imread(str(out / "reliability.png")).shape[1] > cv2.imread(str(out / "roc.png")).shape[1]
     assert "at the val EER threshold" in output and f"reliability: {out / 'reliability.png'}" in output
     assert "score complete" in output and "frame" in output and f"roc:       {out / 'roc.png'}" in output
+    # Grad-CAM of 2 confident fakes, 2 confident reals and the 2 worst mistakes, with the run and split
+    assert manifest.config["cam"] == 2 and manifest.extra["cam"] == "cam.png"
+    assert cv2.imread(str(out / "cam.png")).shape[0] > 3 * 224 and f"cam:       {out / 'cam.png'}" in output
     if method == "lrerr":
         image = cv2.imread(str(out / "attention.png"))
         # 2 reals + 2 fakes; face, reconstruction and 2 layers' maps, 224 px each, 4 px apart
@@ -133,7 +137,8 @@ def test_a_rerun_finds_the_score_and_another_detector_is_refused(scored, ffpp_ro
     shards = shared_png_shards(ffpp_root, tmp_path_factory)
     out, _ = scored["lrerr"]
     before = (out / "manifest.json").read_bytes()
-    config = dict(shard_dir=str(shards), out=str(out), device="cpu", workers=0, batch_size=3, overlays=2)
+    config = dict(shard_dir=str(shards), out=str(out), device="cpu", workers=0, batch_size=3, overlays=2,
+                  cam=2)
     run(ScoreConfig(detector=str(shared_detector("lrerr", ffpp_root, tmp_path_factory)), **config))
     assert (out / "manifest.json").read_bytes() == before
     with pytest.raises(LrerrError, match=r"another config \(differs in detector_sha256\)"):
@@ -150,6 +155,9 @@ def test_bad_input_is_a_clear_error(ffpp_root, tmp_path_factory, tmp_path):
         run(ScoreConfig(split="unassigned", device="cpu", **config))
     with pytest.raises(LrerrError, match="--split must be one of"):
         run(ScoreConfig(split="dev", device="cpu", **config))
+    result = invoke("score", shards, "--detector", detector, "--out", tmp_path / "cli", "--cam", "-1")
+    assert assert_one_error_line(result) == "error: --cam must be 0 to 100 faces per row (got -1)"
+    assert not (tmp_path / "cli").exists()
     with pytest.raises(LrerrError, match=r"--top-fraction must be in \(0, 1\], got 2"):
         run(ScoreConfig(aggregation={"top_fraction": 2}, device="cpu", **config))
     if not torch.cuda.is_available():
@@ -164,13 +172,14 @@ def test_a_split_with_one_class_scores_with_undefined_auc(ffpp_root, tmp_path_fa
                                 lambda r: r["split"] == "test" and r["label"] == 1)
     detector = shared_detector("lrerr", ffpp_root, tmp_path_factory)
     manifest = run(ScoreConfig(shard_dir=str(reals_only), detector=str(detector), out=str(tmp_path / "out"),
-                               device="cpu", workers=0, overlays=1))
+                               device="cpu", workers=0, overlays=1, cam=50))  # more faces than the split
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["frame"]["auc"] is None and metrics["per_method"] == {}
     assert metrics["run"]["test"]["methods"] == []
     assert "frame: only real samples — AUC, AP and EER undefined" in metrics["notes"]
     assert manifest.counts["frames_fake"] == 0
     assert (tmp_path / "out" / "roc.png").is_file() and (tmp_path / "out" / "attention.png").is_file()
+    assert manifest.extra["cam"] == "cam.png" and cv2.imread(str(tmp_path / "out" / "cam.png")) is not None
 
 
 def test_a_detector_run_without_calibration_scores_with_null_thresholds(ffpp_root, tmp_path_factory,

@@ -23,6 +23,16 @@ class TimmClassifier(nn.Module):
     def forward(self, inputs: dict) -> dict:
         return {"logit": self.backbone(inputs["images"]).flatten()}
 
+    def last_map(self) -> nn.Module:
+        """The layer whose output is the backbone's `forward_features` map, the one its head
+        pools: the child built just before `global_pool` (timm's Xception, ResNets and
+        EfficientNets alike)."""
+        names = [name for name, _ in self.backbone.named_children()]
+        if "global_pool" not in names[1:]:
+            raise LrerrError(f"timm model {self.name} pools no spatial map (no global_pool), so it has "
+                             "no map for Grad-CAM")
+        return getattr(self.backbone, names[names.index("global_pool") - 1])
+
 
 def load_pretrained(model: nn.Module, name: str, pretrained: bool, weights: str | None) -> None:
     """Copy timm `name`'s pretrained weights (`weights` file, or the local cache) into `model`,

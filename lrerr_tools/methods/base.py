@@ -22,6 +22,10 @@ and to `predict` and `export`:
     method.face_fields(context)                # the shard fields `predict` must compute per face
     method.graph_frozen(net, context, faces)   # `frozen` inside an exported graph, from faces alone
 
+and to `score --cam` (`gradcam.py`):
+
+    layer = method.cam_layer(net)              # the last spatial map, where Grad-CAM explains the logit
+
 Every network's `forward` takes the inputs dict and returns a dict with one fake `logit` per
 face, so DDP wraps any of them alike. A network exposes the normalisation its input images
 use as `mean` and `std` attributes (plain tuples, not state), recorded in the run manifest.
@@ -38,9 +42,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lrerr_tools.errors import LrerrError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,12 @@ class Method:
     def losses(self, outputs: dict, inputs: dict, labels, dist) -> dict:
         """{"total": scalar to minimise, **{term: scalar for term in loss_terms}}. Each term is
         this rank's share: its mean over ranks is the global batch's value (`Distributed`)."""
+        raise NotImplementedError
+
+    def cam_layer(self, net) -> nn.Module:
+        """The module of `net` whose output is the method's last spatial map, (B, C, h, w): where
+        Grad-CAM weighs the channels by the fake logit's gradient (`score --cam`). Every method
+        names one."""
         raise NotImplementedError
 
     def figure(self, net, context, batch: dict, probs: Sequence[float], device):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from lrerr_tools.blocks.local_prediction import (
     UNIT_LAYERS,
@@ -76,6 +77,10 @@ class LocalDiversity(Method):
         if self.settings["units"] == "key":
             inputs["key_mask"] = batch["key_mask"].to(device, non_blocking=True)
         return inputs
+
+    def cam_layer(self, net: LocalPredictionNet) -> nn.Module:
+        """The units' features (B, C, h, w), from which each unit's logit is made."""
+        return net.unit_features
 
     def losses(self, outputs: dict, inputs: dict, labels: torch.Tensor, dist) -> dict:
         s = self.settings

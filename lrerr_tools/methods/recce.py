@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from lrerr_tools.blocks.recce import RecceNet, recce_losses
 from lrerr_tools.blocks.xception import load_pretrained_xception
@@ -52,6 +53,11 @@ class Recce(Method):
 
     def inputs(self, net: RecceNet, context, batch: dict, device, dtype, frozen=None) -> dict:
         return {"images": normalize_uint8(batch["image"].to(device, non_blocking=True), net.mean, net.std)}
+
+    def cam_layer(self, net: RecceNet) -> nn.Module:
+        """The trunk's last map, stride 32 (the encoder's act4: after the guided attention,
+        block9-12 and the exit convolutions), which the head pools."""
+        return net.encoder.act4
 
     def losses(self, outputs: dict, inputs: dict, labels: torch.Tensor, dist) -> dict:
         s = self.settings

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from lrerr_tools.attention import make_backbone
 from lrerr_tools.blocks.rlgc import ENCODER, RlgcNet, load_efficientnet_b4, rlgc_losses
@@ -70,6 +71,11 @@ class Rlgc(Method):
         faces = batch["image"].to(device, non_blocking=True)
         return {"images": normalize_uint8(faces, net.mean, net.std),
                 "gradient": sobel_magnitude(faces.float() / 255)}
+
+    def cam_layer(self, net: RlgcNet) -> nn.Module:
+        """The head's output (4×4 at 224 px): the attended map after its strided block, which the
+        classifier pools."""
+        return net.head
 
     def losses(self, outputs: dict, inputs: dict, labels: torch.Tensor, dist) -> dict:
         s = self.settings

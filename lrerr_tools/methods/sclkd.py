@@ -14,6 +14,7 @@ the teacher run, which may be deleted once the student is trained.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from lrerr_tools.blocks.losses import binary_kd_loss
 from lrerr_tools.blocks.timm_classifier import TimmClassifier, load_pretrained
@@ -88,6 +89,10 @@ class SclkdStudent(Method):
         labelled = batch.get("labelled", torch.ones(len(images), dtype=torch.bool))
         return {"images": images, "teacher_logit": logits[0].to(device, torch.float32).flatten(),
                 "labelled": labelled.to(device)}
+
+    def cam_layer(self, net: TimmClassifier) -> nn.Module:
+        """The student's last feature map (efficientnet_b0's bn2), before its pooled head."""
+        return net.last_map()
 
     def losses(self, outputs: dict, inputs: dict, labels: torch.Tensor, dist) -> dict:
         return binary_kd_loss(outputs["logit"], inputs["teacher_logit"], labels, inputs["labelled"],

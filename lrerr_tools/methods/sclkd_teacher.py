@@ -106,6 +106,10 @@ class SclkdTeacher(Method):
     def inputs(self, net, context, batch: dict, device, dtype, frozen=None) -> dict:
         return {"images": normalize_uint8(batch["image"].to(device, non_blocking=True), net.mean, net.std)}
 
+    def cam_layer(self, net: TeacherNet) -> nn.Module:
+        """The encoder's stride-32 map (Xception's act4), which the classifier pools."""
+        return net.encoder.act4
+
     def losses(self, outputs: dict, inputs: dict, labels: torch.Tensor, dist) -> dict:
         bce = F.binary_cross_entropy_with_logits(outputs["logit"].float(), labels)
         return {"total": bce, "bce": bce}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lrerr_tools.blocks.timm_classifier import TimmClassifier, load_pretrained
 from lrerr_tools.methods import register
@@ -29,6 +30,10 @@ class XceptionBaseline(Method):
 
     def inputs(self, net, context, batch: dict, device, dtype, frozen=None) -> dict:
         return {"images": normalize_uint8(batch["image"].to(device, non_blocking=True), net.mean, net.std)}
+
+    def cam_layer(self, net: TimmClassifier) -> nn.Module:
+        """The backbone's last feature map (legacy_xception's act4), before its pooled head."""
+        return net.last_map()
 
     def losses(self, outputs: dict, inputs: dict, labels: torch.Tensor, dist) -> dict:
         bce = F.binary_cross_entropy_with_logits(outputs["logit"].float(), labels)
