@@ -28,7 +28,8 @@ def count_cost(method: Method) -> tuple[int, float]:
     device = torch.device("cpu")
     net = method.build().eval()
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    context = method.example_context(device)
+    # Inference is what `score` runs: a method that scores alone has no context there.
+    context = None if method.scores_alone else method.example_context(device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(method.inputs(net, context, example_batch(1), device, None))
     return params, counter.get_total_flops() / 2e9

@@ -22,7 +22,7 @@ from lrerr_tools.detector.checkpoint import LoadedDetector, load_detector
 from lrerr_tools.detector.frozen_cache import rounded
 from lrerr_tools.detector.predict import EVAL_PRECISION
 from lrerr_tools.errors import LrerrError
-from lrerr_tools.methods import register
+from lrerr_tools.methods import get_method, register
 from lrerr_tools.methods.base import Method, Option, Parent
 from lrerr_tools.normalization import normalize_uint8
 
@@ -66,6 +66,13 @@ class SclkdStudent(Method):
             raise LrerrError(f"--teacher {run.path}: a {method} run, not a {TEACHER} run — train one with "
                              f"train-det --method {TEACHER} --init MOCO_RUN")
         return load_detector(run.path, device)
+
+    def example_context(self, device) -> LoadedDetector:
+        """A randomly initialised full-width teacher, standing in for a teacher run."""
+        teacher = get_method(TEACHER).resolve({})
+        net = teacher.build().to(device).eval().requires_grad_(False)
+        return LoadedDetector(method=teacher, net=net, context=teacher.example_context(device), run=None,
+                              parents={})
 
     def frozen_identity(self, net, context: LoadedDetector | None) -> dict | None:
         """The teacher's logit follows from the face and the teacher run (its manifest hash);
