@@ -509,6 +509,9 @@ def predict(
              "so.")] = False,
     batch_size: Annotated[int, typer.Option(help="Faces per forward pass.")] = 32,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = "auto",
+    jobs: Annotated[int, typer.Option(
+        help="Inputs predicted side by side in this many CPU processes, each with its own copy of the "
+             "model and its share of the cores (1 on a GPU).")] = 1,
 ) -> None:
     """Is this video fake? Every face of the sampled frames scored by a trained detector, linked
     into tracks, with a verdict per track and per input, through the same sampling, face detector,
@@ -518,7 +521,7 @@ def predict(
 
     predictions = predict_media(paths, detector, out=out, frames=frames, every=every, aggregate=aggregate,
                                 top_fraction=top_fraction, threshold=threshold, annotate=annotate,
-                                batch_size=batch_size, device=device,
+                                batch_size=batch_size, device=device, jobs=jobs,
                                 announce=lambda p: typer.echo(describe(p)))
     n = len(predictions)
     typer.echo(f"predict complete: {n} input{'s' * (n != 1)}, "

@@ -153,6 +153,7 @@ class Setup:
     aggregation: Aggregation
     batch_size: int
     progress: bool
+    threads: int  # for the video decoder and the face detector: the cores of this process's share
 
     def provenance(self) -> dict:
         return self.scorer.provenance
@@ -165,29 +166,25 @@ class Setup:
 def predict(paths: Iterable[str | Path], detector: str | Path, *, out: str | Path | None = None,
             frames: int | None = None, every: int | None = None, aggregate: str = "mean",
             top_fraction: float = 0.25, threshold: float | None = None, annotate: bool = False,
-            batch_size: int = 32, device: str = "auto", progress: bool = True,
+            batch_size: int = 32, device: str = "auto", jobs: int = 1, progress: bool = True,
             announce: Callable[[Prediction], None] | None = None) -> list[Prediction]:
     """Predict every input (video and image files, folders of them, searched recursively) with
     `detector`, a train-det run or a file `lrerr-tools export` wrote; with `out`, write
     predictions.json, the CSVs, the plots and (`annotate`) annotated copies there. `frames` /
-    `every` override the detector's frame sampling; `announce` is called with each prediction
-    as it is made."""
-    setup = prepare(detector, frames=frames, every=every, aggregate=aggregate,
-                    top_fraction=top_fraction, threshold=threshold, batch_size=batch_size, device=device,
-                    progress=progress)
+    `every` override the detector's frame sampling; `jobs` CPU processes predict inputs side by
+    side; `announce` is called with each prediction as it is made (in the order they finish)."""
+    options = dict(frames=frames, every=every, aggregate=aggregate, top_fraction=top_fraction,
+                   threshold=threshold, batch_size=batch_size, device=device)
+    setup = prepare(detector, **options, jobs=jobs, progress=progress)
     inputs = list_inputs(paths)
     if out is not None:
         from lrerr_tools.predict_outputs import check_out
 
         check_out(Path(out))
-    predictions, figures = [], []
-    for index, path in enumerate(inputs):
-        prediction, suspects = predict_with_suspects(path, setup)
-        predictions.append(prediction)
-        if out is not None:
-            from lrerr_tools.predict_outputs import write_figure
-
-            figures.append(write_figure(Path(out), index, prediction, suspects, setup))
+    predictions: list = [None] * len(inputs)
+    figures: list = [None] * len(inputs)
+    for index, prediction, figure in _predicted(inputs, setup, detector, options, out, jobs):
+        predictions[index], figures[index] = prediction, figure
         if announce is not None:
             announce(prediction)
     if out is not None:
@@ -197,10 +194,26 @@ def predict(paths: Iterable[str | Path], detector: str | Path, *, out: str | Pat
     return predictions
 
 
+def _predicted(inputs: list[Path], setup: Setup, detector: str | Path, options: dict,
+               out: str | Path | None, jobs: int) -> Iterator[tuple[int, Prediction, str | None]]:
+    """(index, prediction, figure path) of every input: here, or in `jobs` processes."""
+    if jobs > 1 and len(inputs) > 1:
+        from lrerr_tools.predict_jobs import Job, predict_in_processes
+
+        yield from predict_in_processes(inputs, Job(str(detector), tuple(options.items()),
+                                                    None if out is None else str(out), jobs))
+        return
+    from lrerr_tools.predict_outputs import write_figure
+
+    for index, path in enumerate(inputs):
+        prediction, suspects = predict_with_suspects(path, setup)
+        yield index, prediction, None if out is None else write_figure(Path(out), index, prediction,
+                                                                      suspects, setup)
+
+
 def prepare(detector: str | Path, *, frames: int | None = None, every: int | None = None,
             aggregate: str = "mean", top_fraction: float = 0.25, threshold: float | None = None,
-            batch_size: int = 32,
-            device: str = "auto", progress: bool = True) -> Setup:
+            batch_size: int = 32, device: str = "auto", jobs: int = 1, progress: bool = True) -> Setup:
     """Load the model and its training faces' path; refuse bad options or an incomplete
     provenance in one line, before any input is read."""
     if aggregate not in AGGREGATORS:
@@ -213,7 +226,12 @@ def prepare(detector: str | Path, *, frames: int | None = None, every: int | Non
         raise LrerrError(f"--batch-size must be at least 1 (got {batch_size})")
     if frames is not None and every is not None:
         raise LrerrError("give --frames or --every, not both")
+    if jobs < 1:
+        raise LrerrError(f"--jobs must be at least 1 (got {jobs})")
     torch_device = resolve_device(device)
+    if jobs > 1 and torch_device.type == "cuda":
+        raise LrerrError(f"--jobs {jobs} runs that many CPU processes; on a GPU give --jobs 1, whose "
+                         "batches already use it whole (or --device cpu)")
     if Path(detector).is_file():
         from lrerr_tools.export import exported_scorer
 
@@ -225,7 +243,8 @@ def prepare(detector: str | Path, *, frames: int | None = None, every: int | Non
     return Setup(scorer=scorer, extract=extract_config(extract, frames, every,
                                                        face_device(extract, device, torch_device)),
                  threshold=value, threshold_source=source, aggregate=aggregate,
-                 aggregation=aggregation, batch_size=batch_size, progress=progress)
+                 aggregation=aggregation, batch_size=batch_size, progress=progress,
+                 threads=threads_per_job(jobs))
 
 
 def run_scorer(detector: str | Path, device: torch.device) -> Scorer:
@@ -356,7 +375,7 @@ def predict_with_suspects(path: Path, setup: Setup) -> tuple[Prediction, Suspect
         return Prediction(str(path), "unreadable", "image", error="OpenCV cannot decode it (corrupt, "
                                                                   "or over its 2^30-pixel limit)"), suspects
     try:
-        reader = VideoReader(str(path), setup.extract.backend, threads=threads_per_job(1))
+        reader = VideoReader(str(path), setup.extract.backend, threads=setup.threads)
         prediction = predict_video(path, reader, setup, suspects)
     except VideoOpenError as e:
         prediction = Prediction(str(path), "unreadable", "video", error=str(e))
@@ -403,7 +422,7 @@ def score_frames(prediction: Prediction, frames: Iterator[FrameResult], total: i
     most suspicious in `suspects`: the detector takes frames in extract's batches; the network
     takes `batch_size` faces at a time."""
     cfg = setup.extract
-    detector = cached_detector(cfg, threads_per_job(1))
+    detector = cached_detector(cfg, setup.threads)
     tracks = Tracker()
     pending: list[tuple[FaceScore, dict]] = []
     with tqdm(total=total, desc=Path(prediction.path).name, unit="frame", leave=False, dynamic_ncols=True,

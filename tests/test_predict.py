@@ -148,6 +148,23 @@ def test_a_folder_of_mixed_input_gives_every_file_a_status(ffpp_root, tmp_path_f
     assert all(p["figure"] is None for p in document["inputs"])  # Xception has no figure
 
 
+def test_jobs_predict_each_input_as_one_process_does(ffpp_root, tmp_path_factory, tmp_path):
+    image = tmp_path / "face.png"
+    Image.fromarray(clip(1)[0]).save(image)
+    inputs = [write_video(tmp_path / "good.mp4", clip(4)), image, tmp_path / "gone.mp4"]
+    detector = shared_detector("lrerr", ffpp_root, tmp_path_factory)
+    outcomes = []
+    for jobs, out in ((1, None), (2, tmp_path / "out")):
+        outcomes.append([(p.path, p.status, p.score, [f.prob for f in p.faces])
+                         for p in predict(inputs, detector, jobs=jobs, out=out, **CPU)])
+    assert outcomes[0] == outcomes[1] and [o[1] for o in outcomes[0]] == ["ok", "ok", "missing"]
+    document = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [p["path"] for p in document["inputs"]] == [str(p) for p in inputs]  # in input order
+    assert all((tmp_path / "out" / p["figure"]).is_file() for p in document["inputs"][:2])
+    with pytest.raises(LrerrError, match=r"--jobs must be at least 1 \(got 0\)"):
+        predict(inputs, detector, jobs=0, **CPU)
+
+
 def test_the_method_figure_shows_the_most_suspicious_faces(ffpp_root, tmp_path_factory, tmp_path):
     video = write_video(tmp_path / "two.mp4", side_by_side(3))
     out = tmp_path / "out"
