@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
@@ -54,6 +52,11 @@ class _FakeLogit(nn.Module):
 def grad_cam(method: Method, net: nn.Module, context: Any, batch: dict, device: torch.device) -> np.ndarray:
     """(B, S, S) float32 in [0, 1]: the Grad-CAM of the fake logit of each face of a shard
     `batch`, at the method's `cam_layer`, at the faces' size. Leaves `net` in eval mode."""
+    # Imported here: pytorch_grad_cam loads scikit-learn's decompositions and more at import,
+    # seconds that every `score` without --cam would pay.
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     inputs = method.inputs(net, context, batch, device, None)
     images = inputs["images"]
     cam = GradCAM(_FakeLogit(net, inputs), [method.cam_layer(net)])

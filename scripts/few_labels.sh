@@ -11,8 +11,8 @@
 # --method is not read: the methods are the teacher, the student and Xception.
 
 source "$(dirname "$0")/lib.sh"
+SCRIPT_METHODS="sclkd-teacher sclkd xception"
 parse_args "$@"
-methods sclkd-teacher sclkd xception
 
 IFS=, read -ra fractions <<<"${FRACTIONS:-0.01,0.05,0.2,1}"
 ((${#fractions[@]})) || die "FRACTIONS names no label fraction"

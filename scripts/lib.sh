@@ -127,7 +127,9 @@ settings() {
     FFPP_DIR=$WORK/ffpp-$COMP
     MAE_DIR=${MAE:-$FFPP_DIR/mae}
     MOCO_DIR=${MOCO:-$FFPP_DIR/moco}
-    methods ${METHOD//,/ }
+    # A script that always trains the same methods (sclkd.sh, few_labels.sh) names them in
+    # SCRIPT_METHODS, so that --method is not looked up for nothing.
+    methods ${SCRIPT_METHODS:-${METHOD//,/ }}
 }
 
 declare -A NEEDS BASELINE
@@ -256,9 +258,12 @@ train_mae() { # the MAE on FF++'s real train faces, if a method needs one and MA
         --epochs "$MAE_EPOCHS" "${cap[@]}" --batch-size "$BATCH" --workers "$WORKERS" --resume "${MAE_EXTRA[@]}"
 }
 
+MOCO_READY=0
 train_moco() { # SCL-KD's MoCo encoder on FF++'s train faces, unless MOCO names a finished run
+    ((!MOCO_READY)) || return 0 # this script has trained or found it already
     if [ -n "${MOCO:-}" ]; then
         echo "== $SCRIPT: using the MoCo run $MOCO" >&2
+        MOCO_READY=1
         return
     fi
     local cap=()
@@ -266,13 +271,14 @@ train_moco() { # SCL-KD's MoCo encoder on FF++'s train faces, unless MOCO names 
     step train-moco "${LAUNCH[@]}" train-moco "$FFPP_DIR/shards" --out "$MOCO_DIR" --width "$MOCO_WIDTH" \
         --epochs "$MOCO_EPOCHS" "${cap[@]}" --batch-size "$MOCO_BATCH" --queue-size "$MOCO_QUEUE" \
         --crop-size "$MOCO_CROP" --workers "$WORKERS" --resume "${MOCO_EXTRA[@]}"
+    MOCO_READY=1
 }
 
 train_det() { # train_det RUN DETECTOR [FAKE_METHODS [OPTION...]]: a detector on FF++ train, in ffpp-<comp>/det/RUN
     local options=(--method "$2") own own_args
     [[ ,${NEEDS[$2]}, != *,train-mae,* ]] || options+=(--mae "$MAE_DIR")
     if [[ ,${NEEDS[$2]}, == *,train-moco,* ]]; then
-        train_moco # returns at once once finished: every script can train SCL-KD's teacher
+        train_moco # at most once a script: every script can train SCL-KD's teacher
         options+=(--init "$MOCO_DIR" --width "$MOCO_WIDTH")
     fi
     [[ ,${NEEDS[$2]}, != *,train-det,* || " ${*:4} " == *" --teacher "* ]] ||

@@ -11,8 +11,8 @@
 # and the report to WORK/reports/sclkd.md. --method is not read: the methods are SCL-KD's.
 
 source "$(dirname "$0")/lib.sh"
+SCRIPT_METHODS="sclkd-teacher sclkd"
 parse_args "$@"
-methods sclkd-teacher sclkd
 
 labels=()
 [ -z "${LABEL_FRACTION:-}" ] || labels=(--label-fraction "$LABEL_FRACTION")

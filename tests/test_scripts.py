@@ -28,6 +28,7 @@ from lrerr_tools.synth import make_celebdf_sample, make_ffpp_sample
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 TINY = {"PROFILE": "tiny", "FRAMES": "2", "DET_ARGS_xception": "--backbone test_resnet",
+        "DET_ARGS_sclkd": "--backbone test_efficientnet",
         "DET_ARGS_lrerr": "--backbone test_resnet --attn-layers layer1,layer2 --random-extractor",
         "DET_ARGS_recce": "--width 0.0625"}
 
@@ -137,6 +138,32 @@ def test_any_registered_method_runs_through_a_script(data):
     percent(rows[("RECCE",)]["c23 AUC"])
     config = json.loads((data["work"] / "ffpp-c23" / "det" / "recce" / "manifest.json").read_text())["config"]
     assert config["method"] == "recce" and config["options"]["width"] == 0.0625
+
+
+def test_few_labels_chains_moco_teacher_student_and_the_baseline_into_its_table(data):
+    # One fraction: the script's loop is the same for four, and each run costs a process.
+    output = check(run_script("few_labels.sh", data, env={"FRACTIONS": "0.5"}))
+    assert "== few_labels.sh: train-moco" in output
+    rows = table(data, "few-labels", "few-labels")
+    assert {row[0] for row in rows} == {"SCL-KD teacher", "SCL-KD", "Xception"}
+    assert all(percent(cells["50 %"]) >= 0 for cells in rows.values())
+    det = data["work"] / "ffpp-c23" / "det"
+    labelled = [json.loads((det / f"{run}-f0.5" / "manifest.json").read_text())["extra"]["labels"]
+                for run in ("sclkd-teacher", "sclkd", "xception")]
+    labelled = [labels["video_ids"] for labels in labelled]
+    assert labelled[0] == labelled[1] == labelled[2]  # one labelled subset for all three
+
+
+def test_sclkd_trains_moco_then_the_teacher_from_it_then_the_student_from_that(data, tmp_path):
+    commands = plan(data, "sclkd.sh", tmp_path)
+    stages = [c[1] for c in commands]
+    assert stages == ["extract", "landmarks", "shard", "train-moco", "train-det", "train-det", "score",
+                      "score", "report"]
+    moco, teacher, student = commands[3:6]
+    assert option(teacher, "--method") == "sclkd-teacher"
+    assert option(teacher, "--init") == option(moco, "--out")
+    assert option(student, "--method") == "sclkd" and option(student, "--teacher") == option(teacher, "--out")
+    assert trained_and_scored(commands) == [("sclkd-teacher", "", "ffpp-c23"), ("sclkd", "", "ffpp-c23")]
 
 
 def test_the_scripts_learn_each_methods_parent_stages_and_baseline(tmp_path):
@@ -317,8 +344,6 @@ def test_bad_settings_stop_the_script_before_any_work(data, tmp_path, setting, m
 
 
 def test_few_labels_refuses_a_bad_fraction_before_any_work(data, tmp_path):
-    """sclkd.sh and few_labels.sh themselves take over a minute even with the tiny profile, so
-    their steps are tested in Python (test_method_sclkd.py); this checks the script's guard."""
     result = run_script("few_labels.sh", {**data, "work": tmp_path / "work"}, env={"FRACTIONS": "0.05,1.5"})
     assert result.returncode == 2
     assert result.stderr.strip() == "few_labels.sh: FRACTIONS: '1.5' is not a fraction in (0, 1]"
