@@ -100,24 +100,30 @@ def pixelation(face: np.ndarray, factor: int, rng: np.random.Generator) -> np.nd
 
 
 def h264_clip(faces: Sequence[np.ndarray], crf: int) -> list[np.ndarray]:
-    """A video's faces, in frame order, encoded as one H.264 clip (libx264, yuv420p, one thread
-    so that the bitstream is the same on every machine) and decoded again, in the same order."""
+    """A video's faces, in frame order, encoded as one H.264 clip (libx264, yuv420p) and decoded
+    again, in the same order."""
     height, width = faces[0].shape[:2]
     # yuv420p needs even sides: an odd one is padded by repeating the edge, and cut again.
     pad_y, pad_x = height % 2, width % 2
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
+    with av.open(buffer, "w", format="h264") as container:
         stream = container.add_stream("libx264", rate=CLIP_FPS)
         stream.width, stream.height, stream.pix_fmt = width + pad_x, height + pad_y, "yuv420p"
+        # One thread, so that the bitstream does not depend on the machine's cores; and x264's C
+        # code: its assembly gave the same faces other bits now and then, within one process (11
+        # distinct outputs from 25 encodes of one clip at each of 2 CRFs), where the C code gave 2.
         stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": H264_PRESET}
-        for face in faces:
+        stream.options = {"crf": str(crf), "preset": H264_PRESET, "x264-params": "asm=0"}
+        for index, face in enumerate(faces):
             padded = cv2.copyMakeBorder(face, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+            frame = av.VideoFrame.from_ndarray(padded, format="rgb24")
+            frame.pts = index  # x264's rate control reads the timestamps
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
     buffer.seek(0)
     with av.open(buffer) as container:
-        decoded = [frame.to_ndarray(format="rgb24")[:height, :width] for frame in container.decode(video=0)]
+        decoded = [frame.to_ndarray(format="rgb24")[:height, :width].copy()
+                   for frame in container.decode(video=0)]
     if len(decoded) != len(faces):
         raise OSError(f"H.264 at CRF {crf}: {len(faces)} faces in, {len(decoded)} decoded")
     return decoded

@@ -57,7 +57,8 @@ from lrerr_tools.metrics import (
     video_prob_key,
     video_rows,
 )
-from lrerr_tools.perturb import parse_perturbations
+from lrerr_tools.perturb import LEVELS as PERTURB_LEVELS
+from lrerr_tools.perturb import PERTURBATIONS, parse_perturbations
 from lrerr_tools.report import METRICS_FILE, metrics_schema
 from lrerr_tools.robustness import (
     PERTURBATIONS_FIGURE,
@@ -341,7 +342,8 @@ def _robustness_lines(metrics: dict, fmt) -> list[str]:
         return []
     seed = metrics["robustness_protocol"]["seed"]
     lines = [f"  robustness (AUC at levels 1..5, perturbation seed {seed}):"]
-    for name, levels in robustness.items():
-        aucs = {level: " ".join(fmt(b[level]["auc"]).strip() for b in levels.values()) for level in LEVELS}
+    for name in [name for name in PERTURBATIONS if name in robustness]:  # metrics.json sorts its keys
+        levels = [robustness[name][str(n)] for n in PERTURB_LEVELS]
+        aucs = {level: " ".join(fmt(b[level]["auc"]).strip() for b in levels) for level in LEVELS}
         lines.append(f"  {name:<11} frame {aucs['frame']}; video {aucs['video']}")
     return lines
