@@ -466,11 +466,18 @@ def score(
         help="Bootstrap resamples of the videos for the 95 % intervals of every Acc, AUC and AP; 0: no "
              "intervals.")] = 1000,
     bootstrap_seed: Annotated[int, typer.Option(help="Seed of the bootstrap's draws.")] = 0,
+    perturb: Annotated[str, typer.Option(
+        help="Also score the faces under these perturbations, each at its 5 levels: a comma-separated list "
+             "of jpeg, blur, noise, saturation, contrast, blocks, pixelation, h264, or all.")] = "",
+    perturb_seed: Annotated[int, typer.Option(
+        help="Seed of the random perturbations (noise, block positions), with each face's video and "
+             "frame.")] = 0,
     overwrite: Annotated[bool, typer.Option(
         help="Discard an earlier score in --out made with another detector, data or config.")] = False,
 ) -> None:
     """Fake probability per frame and per video (mean of its frames, and the other aggregators), metrics,
-    calibration, ROC, reliability and attention plots."""
+    calibration, ROC, reliability and attention plots; with --perturb, the metrics under each perturbation."""
+    from lrerr_tools.perturb import parse_perturbations
     from lrerr_tools.score import ScoreConfig, describe, run
 
     aggregation = dict(top_fraction=top_fraction, fake_prob=confident_fake_prob,
@@ -479,6 +486,7 @@ def score(
     manifest = run(ScoreConfig(shard_dir=str(shard_dir), detector=str(detector), out=str(out), split=split,
                                batch_size=batch_size, device=device, workers=workers, overlays=overlays,
                                aggregation=aggregation, resamples=resamples, bootstrap_seed=bootstrap_seed,
+                               perturb=parse_perturbations(perturb), perturb_seed=perturb_seed,
                                overwrite=overwrite, cam=cam))
     for line in describe(out, manifest):
         typer.echo(line)

@@ -32,6 +32,9 @@ from lrerr_tools.metrics import (
     video_prob_key,
     video_rows,
 )
+from lrerr_tools.perturb import LEVELS as PERTURB_LEVELS
+from lrerr_tools.perturb import PERTURBATIONS
+from lrerr_tools.robustness import robustness_plot
 
 METRICS_FILE = "metrics.json"
 FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -396,6 +399,38 @@ def other_scores(runs: Sequence[Run], level: str) -> Table:
 
 
 OTHER = "other"  # the file key of the table of scores no paper table takes
+ROBUSTNESS = "robustness"  # ... and of the robustness table (and its plot)
+
+
+def robustness(runs: Sequence[Run], level: str) -> Table:
+    """AUC of each score made with `score --perturb`, clean and under each perturbation at each
+    level, and the mean over the levels: one row per score and perturbation."""
+    table = Table("Robustness — AUC under perturbations", "scored with `score --perturb`", [
+        "Detector", "Trained on", "Tested on", "Perturbation", "Clean", *map(str, PERTURB_LEVELS), "Mean"])
+    for run in runs:
+        scored = run.metrics.get("robustness", {})  # absent without --perturb
+        for name in [name for name in PERTURBATIONS if name in scored]:
+            aucs = [Estimate.of(_perturbed_block(run, scored[name][str(n)], level), "auc")
+                    for n in PERTURB_LEVELS]
+            values = [auc.value for auc in aucs]
+            table.rows.append([_title(run.detector), _data(run.train), _data(run.test), name,
+                               Estimate.of(run.metrics[level], "auc"), *aucs,
+                               None if None in values else float(np.mean(values))])
+    return table
+
+
+def _perturbed_block(run: Run, blocks: dict, level: str) -> dict:
+    """One perturbation level's block at `level`, its videos scored by the run's aggregator."""
+    return blocks["video_aggregates"][run.aggregate]["video"] if level == "video" else blocks[level]
+
+
+def robustness_curves(table: Table) -> dict[str, dict[str, list[float | None]]]:
+    """The robustness table as robustness_plot's curves: per perturbation, each score's AUC at
+    clean and levels 1 to 5."""
+    curves: dict[str, dict[str, list[float | None]]] = {}
+    for detector, _, tested, name, *aucs, _mean in table.rows:
+        curves.setdefault(name, {})[f"{detector} on {tested}"] = [auc.value for auc in aucs]
+    return curves
 
 
 def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], list[str]]:
@@ -419,6 +454,9 @@ def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], lis
             tables[key] = table
         elif build is not few_labels:  # a protocol of its own: no note in reports of the paper's
             notes.append(f"{table.title}: left out — it needs score directories {table.needs}")
+    robust = robustness(tested, level)
+    if robust.rows:
+        tables[ROBUSTNESS] = robust
     others = [run for run in runs if run.path not in used]
     if others:
         tables[OTHER] = other_scores(others, level)
@@ -477,7 +515,7 @@ def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str =
     tables, notes = build_tables(runs, level)
     atomic_write_bytes(out, render_markdown(list(tables.values()), notes, runs, level, aggregate).encode())
     written = [out]
-    for key in (*BUILDERS, OTHER):
+    for key in (*BUILDERS, OTHER, ROBUSTNESS):
         path = out.with_name(f"{out.stem}.{key}.csv")
         if key in tables:
             atomic_write_bytes(path, table_csv(tables[key]).encode())
@@ -485,6 +523,13 @@ def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str =
         else:
             # Left from an earlier report, it would pass for part of this one.
             path.unlink(missing_ok=True)
+    plot = out.with_name(f"{out.stem}.{ROBUSTNESS}.png")
+    if ROBUSTNESS in tables:
+        title = f"{level.capitalize()}-level AUC against perturbation level"
+        robustness_plot(robustness_curves(tables[ROBUSTNESS]), plot, title)
+        written.append(plot)
+    else:
+        plot.unlink(missing_ok=True)
     return written
 
 

@@ -13,6 +13,8 @@ shard directory, and the paper's metrics on it.
                                        reconstructions and attention maps)
     OUT/cam.png                        with --cam N: Grad-CAM of the N most confident fakes,
                                        reals and worst mistakes (gradcam.py)
+    OUT/robustness.csv, perturbations.png  with --perturb: each perturbed face's prob, and the
+                                       perturbations' levels on a real and a fake face (robustness.py)
     OUT/work/config.json               the config OUT was claimed with (see stage_dir.py)
 
 A frame's prob is sigmoid(logit); a video's is the mean over its frames, grouped by the
@@ -33,7 +35,7 @@ from typing import ClassVar
 
 import jsonschema
 import numpy as np
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, default_collate
 
 from lrerr_tools.atomic_io import atomic_write_bytes, atomic_write_json
 from lrerr_tools.bootstrap import Bootstrap
@@ -58,7 +60,18 @@ from lrerr_tools.metrics import (
     video_prob_key,
     video_rows,
 )
+from lrerr_tools.perturb import LEVELS as PERTURB_LEVELS
+from lrerr_tools.perturb import PERTURBATIONS, parse_perturbations
 from lrerr_tools.report import METRICS_FILE, metrics_schema
+from lrerr_tools.robustness import (
+    PERTURBATIONS_FIGURE,
+    ROBUSTNESS_CSV,
+    ROBUSTNESS_FIELDS,
+    Predict,
+    perturbations_figure,
+    protocol,
+    score_perturbed,
+)
 from lrerr_tools.shard_dataset import SPLITS, ShardDataset
 from lrerr_tools.stage_dir import existing_manifest, prepare_output
 from lrerr_tools.training import resolve_device
@@ -68,7 +81,8 @@ log = logging.getLogger(__name__)
 STAGE = "score"
 FRAMES_CSV, VIDEOS_CSV, ROC_FILE, ATTENTION_FILE = "frames.csv", "videos.csv", "roc.png", "attention.png"
 RELIABILITY_FILE = "reliability.png"
-OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, RELIABILITY_FILE, ATTENTION_FILE, CAM_FILE)
+OUTPUTS = (METRICS_FILE, FRAMES_CSV, VIDEOS_CSV, ROC_FILE, RELIABILITY_FILE, ATTENTION_FILE, CAM_FILE,
+           ROBUSTNESS_CSV, PERTURBATIONS_FIGURE)
 FRAME_FIELDS = ["video_id", "method", "label", "frame_index", "prob"]
 VIDEO_FIELDS = ["video_id", "method", "label", "frames", *map(video_prob_key, AGGREGATORS)]
 
@@ -88,6 +102,8 @@ class ScoreConfig:
     aggregation: dict = field(default_factory=dict)
     resamples: int = 1000  # bootstrap resamples of the videos for the intervals; 0: none
     bootstrap_seed: int = 0
+    perturb: list[str] = field(default_factory=list)  # perturb.PERTURBATIONS names; check() orders them
+    perturb_seed: int = 0  # seeds the random perturbations (noise, block positions) with each face's record
     overwrite: bool = False
     # How a run is carried out; changing these does not change its output (each face's
     # reconstruction mask is its own, whatever batch it is in). The inputs are identified by
@@ -114,6 +130,7 @@ class ScoreConfig:
         aggregation = self.video_aggregation()
         aggregation.check()
         self.aggregation = asdict(aggregation)
+        self.perturb = parse_perturbations(self.perturb)
 
     def video_aggregation(self) -> Aggregation:
         unknown = set(self.aggregation) - set(asdict(Aggregation()))
@@ -179,12 +196,14 @@ def run(cfg: ScoreConfig) -> Manifest:
     metrics = {"run": {"train": train_data, "test": test_data},
                **compute_metrics(rows, aggregation=cfg.video_aggregation(), bootstrap=cfg.bootstrap()),
                "calibration": apply_calibration(rows, logits, fitted, cfg.bootstrap())}
+    title = f"{method.title} on {test_data['dataset']} {cfg.split}"
+    if cfg.perturb:
+        metrics.update(_score_perturbed(cfg, loaded, dataset, device, out, title))
     jsonschema.validate(metrics, metrics_schema())  # what `report` will demand of it
     atomic_write_json(out / METRICS_FILE, metrics)
     videos = video_rows(rows, cfg.video_aggregation())
     atomic_write_bytes(out / FRAMES_CSV, csv_bytes(rows, FRAME_FIELDS))
     atomic_write_bytes(out / VIDEOS_CSV, csv_bytes(videos, VIDEO_FIELDS))
-    title = f"{method.title} on {test_data['dataset']} {cfg.split}"
     roc_plot(rows, out / ROC_FILE, title=title)
     _reliability_plot(rows, logits, fitted["temperature"], out / RELIABILITY_FILE, title)
     attention = f"none: {method.title} has no figure"
@@ -217,6 +236,29 @@ def _cam_figure(cfg: ScoreConfig, out: Path, loaded, dataset: ShardDataset, rows
     write_cam_figure(out / CAM_FILE, loaded.method, loaded.net, loaded.context, dataset, rows, cfg.cam,
                      batch_size=cfg.batch_size, device=device, title=f"{title}, run {loaded.run.path.name}")
     return CAM_FILE
+
+
+def perturbed_predictor(cfg: ScoreConfig, loaded, device) -> Predict:
+    """The score rows of perturbed faces, by the loaded detector."""
+    def predict_perturbed(faces: Dataset, desc: str) -> list[dict]:
+        # Never through the run's cache: it names a face by its shard row, that is by its clean
+        # pixels, so it would hand a perturbed face the clean face's frozen inputs.
+        return predict(loaded.method, loaded.net, loaded.context, faces, batch_size=cfg.batch_size,
+                       workers=cfg.workers, device=device, desc=desc, cache=None)[0]
+
+    return predict_perturbed
+
+
+def _score_perturbed(cfg: ScoreConfig, loaded, dataset: ShardDataset, device, out: Path, title: str) -> dict:
+    """metrics.json's `robustness` and `robustness_protocol`; writes robustness.csv and
+    perturbations.png."""
+    robustness, rows = score_perturbed(dataset, cfg.perturb, cfg.perturb_seed,
+                                       perturbed_predictor(cfg, loaded, device), cfg.video_aggregation(),
+                                       cfg.bootstrap())
+    atomic_write_bytes(out / ROBUSTNESS_CSV, csv_bytes(rows, ROBUSTNESS_FIELDS))
+    perturbations_figure(dataset, pick_faces(dataset.labels, 1), cfg.perturb, cfg.perturb_seed,
+                         out / PERTURBATIONS_FIGURE, f"{title}: perturbations (seed {cfg.perturb_seed})")
+    return {"robustness": robustness, "robustness_protocol": protocol(cfg.perturb, cfg.perturb_seed)}
 
 
 def _fitted_calibration(detector: Manifest) -> dict:
@@ -298,6 +340,7 @@ def describe(out: str | Path, manifest: Manifest) -> list[str]:
                          f"{fmt(c['acc']['eer']).strip()} at the val EER threshold; "
                          f"ECE {fmt(c['ece']).strip()}, {fmt(c['ece_scaled']).strip()} scaled")
         lines += [f"  note: {note}" for note in calibration["notes"]]
+    lines += _robustness_lines(metrics, fmt)
     attention = manifest.extra["attention"]
     lines.append(f"roc:       {out / ROC_FILE}")
     if calibration is not None:
@@ -307,4 +350,20 @@ def describe(out: str | Path, manifest: Manifest) -> list[str]:
     cam = manifest.extra.get("cam")  # absent in scores made before --cam
     if cam is not None:
         lines.append(f"cam:       {out / cam if cam == CAM_FILE else cam}")
+    if "robustness" in metrics:
+        lines.append(f"perturbations: {out / PERTURBATIONS_FIGURE}, scores {out / ROBUSTNESS_CSV}")
+    return lines
+
+
+def _robustness_lines(metrics: dict, fmt) -> list[str]:
+    """Per perturbation, the frame and video AUC at each level."""
+    robustness = metrics.get("robustness")  # absent without --perturb
+    if not robustness:
+        return []
+    seed = metrics["robustness_protocol"]["seed"]
+    lines = [f"  robustness (AUC at levels 1..5, perturbation seed {seed}):"]
+    for name in [name for name in PERTURBATIONS if name in robustness]:  # metrics.json sorts its keys
+        levels = [robustness[name][str(n)] for n in PERTURB_LEVELS]
+        aucs = {level: " ".join(fmt(b[level]["auc"]).strip() for b in levels) for level in LEVELS}
+        lines.append(f"  {name:<11} frame {aucs['frame']}; video {aucs['video']}")
     return lines
