@@ -216,8 +216,8 @@ class _Trainer:
         self.rank_batch = cfg.batch_size // dist.world_size
         self.dtype = amp_dtype(device, cfg.amp)
         parent_dirs = open_parents(self.method, cfg.parents)
+        self.context = self.method.context(parent_dirs, cfg.seed, device)  # refuses a wrong kind of parent
         self._check_parent_labels(parent_dirs)
-        self.context = self.method.context(parent_dirs, cfg.seed, device)
         for dataset in (self.train, self.val):
             self.method.check_data(dataset, self.context)
         self.parents = {name: d.as_parent(self.out) for name, d in parent_dirs.items()}
