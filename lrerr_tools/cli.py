@@ -612,11 +612,15 @@ def report(
     aggregate: Annotated[str, typer.Option(
         help="With --level video: how a video's prob comes from its frames': mean (the paper's), median, "
              "max, top_k_mean or confident.")] = "mean",
+    html: Annotated[bool, typer.Option(
+        help="Also write one self-contained HTML page beside the Markdown (same stem, .html): the tables, "
+             "ROC and PR curves, the score directories' figures and the frame accounting, images "
+             "embedded.")] = False,
 ) -> None:
     """The paper's tables (in-dataset, cross-manipulation, leave-one-out, cross-dataset, ablation)."""
     from lrerr_tools.report import write_report
 
-    for path in write_report(score_dirs, out, level=level, aggregate=aggregate):
+    for path in write_report(score_dirs, out, level=level, aggregate=aggregate, html=html):
         typer.echo(f"wrote {path}")
 
 

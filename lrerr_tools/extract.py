@@ -254,6 +254,15 @@ def count_records(records: list[dict], manifest: Manifest) -> dict[str, int]:
     return _counts(records, manifest.extra["missing_videos"], manifest.config["frames"])
 
 
+def counts_by_split(records: list[dict], frames: int | None) -> dict[tuple[str, str], dict[str, int]]:
+    """The counts of each (dataset, split)'s records, in that order, for `report`'s frame
+    accounting; `videos_missing` is 0 there, as a video not on disk has no record."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["split"]), []).append(r)
+    return {key: _counts(group, [], frames) for key, group in sorted(groups.items())}
+
+
 def _per_video(records: list[dict]) -> dict[str, dict[str, int]]:
     """Frames sampled and crops made, per video: every sampled frame has a record, and a video
     that would not open has one record and no frame."""

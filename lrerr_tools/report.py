@@ -465,19 +465,21 @@ def build_tables(runs: Sequence[Run], level: str) -> tuple[dict[str, Table], lis
     return tables, notes
 
 
+def explanation(level: str, aggregate: str = HEADLINE) -> str:
+    """What the tables' cells are: the paragraph that heads the report."""
+    scored = f" (a video's prob: the {AGGREGATE_WORDS[aggregate]} of its frames')" if level == "video" else ""
+    return (f"{level.capitalize()}-level AUC and Acc in %{scored}. Acc counts prob ≥ the threshold in each "
+            "metrics.json as fake; per-method cells score that method's fakes against all reals. "
+            "`97.40 [96.80, 98.00]`: a score and its bootstrap 95 % interval (metrics.json's `bootstrap`); "
+            "`97.40 ± 0.30`: the mean and standard deviation over the seeds of one setting. "
+            f"Table V's p: a two-sided paired bootstrap of the AUC difference on the same test set "
+            f"({Bootstrap().resamples} resamples by video, seed {Bootstrap().seed}). "
+            "— marks a cell no score directory fills.")
+
+
 def render_markdown(tables: Sequence[Table], notes: Sequence[str], runs: Sequence[Run], level: str,
                     aggregate: str = HEADLINE) -> str:
-    scored = f" (a video's prob: the {AGGREGATE_WORDS[aggregate]} of its frames')" if level == "video" else ""
-    lines = [
-        "# LRErr evaluation report", "",
-        f"{level.capitalize()}-level AUC and Acc in %{scored}. Acc counts prob ≥ the threshold in each "
-        "metrics.json as fake; per-method cells score that method's fakes against all reals. "
-        "`97.40 [96.80, 98.00]`: a score and its bootstrap 95 % interval (metrics.json's `bootstrap`); "
-        "`97.40 ± 0.30`: the mean and standard deviation over the seeds of one setting. "
-        f"Table V's p: a two-sided paired bootstrap of the AUC difference on the same test set "
-        f"({Bootstrap().resamples} resamples by video, seed {Bootstrap().seed}). "
-        "— marks a cell no score directory fills.", "",
-    ]
+    lines = ["# LRErr evaluation report", "", explanation(level, aggregate), ""]
     for table in tables:
         lines += [f"## {table.title}", "", _md_row(table.header), _md_row(["---"] * len(table.header))]
         lines += [_md_row([_format(cell, "—") for cell in row]) for row in table.rows]
@@ -498,8 +500,9 @@ def table_csv(table: Table) -> str:
 
 
 def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str = "frame",
-                 aggregate: str = HEADLINE) -> list[Path]:
-    """Write the Markdown report to `out` and each table as `<out stem>.<table>.csv` beside it.
+                 aggregate: str = HEADLINE, html: bool = False) -> list[Path]:
+    """Write the Markdown report to `out` and each table as `<out stem>.<table>.csv` beside it;
+    with `html`, the self-contained page `<out stem>.html` too (report_html.py).
     `aggregate` names the video aggregator of the video-level tables."""
     if not score_dirs:
         raise LrerrError("no score directories given")
@@ -530,6 +533,13 @@ def write_report(score_dirs: Sequence[str | Path], out: str | Path, level: str =
         written.append(plot)
     else:
         plot.unlink(missing_ok=True)
+    # Last: the page embeds every PNG written above.
+    if html:
+        from lrerr_tools.report_html import write_html
+
+        pngs = [path for path in written if path.suffix == ".png"]
+        written.append(write_html(out.with_suffix(".html"), list(tables.values()), notes, runs, level,
+                                  aggregate, pngs))
     return written
 
 

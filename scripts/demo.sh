@@ -30,7 +30,7 @@ for detector in "${DETECTORS[@]}"; do
     train_det "$detector" "$detector"
     score "$detector" ffpp
 done
-report demo
+report demo --html
 running=$(IFS=,; echo "${DETECTORS[*]}")
 # The question most people bring: is this video fake? One real and one fake test video.
 mapfile -t clips < <(python - "$FFPP_DIR/extract" <<'PY'
@@ -59,6 +59,7 @@ reconstructions (original | masked | reconstruction | |difference|): $MAE_DIR/gr
 detectors: $FFPP_DIR/det/{$running} (log.csv, checkpoints/best.pt)
 scores:    $FFPP_DIR/score/{$running}/ffpp-$COMP (metrics.json, CSVs, roc.png, attention.png)
 report:    $WORK/reports/demo.md (above; the test split after 10 steps from random weights)
+           $WORK/reports/demo.html (the same tables, ROC and PR curves, every score's figures, the frame accounting)
 predict:   $WORK/predict (predictions.json, CSVs, plots/, figures/; a real and a fake video above)
 EOF
 if [ -f "$MAE_DIR/manifest.json" ]; then # the paper's premise, as the MAE run's last validation saw it

@@ -1,5 +1,5 @@
 # Sourced by the protocol scripts (ffpp.sh, cross_manip.sh, gid.sh, cross_dataset.sh,
-# ablation.sh, sclkd.sh, few_labels.sh), slurm_extract.sh and demo.sh: their options, settings, and one function per
+# ablation.sh, sclkd.sh, few_labels.sh, compare.sh), slurm_extract.sh and demo.sh: their options, settings, and one function per
 # pipeline step. Every step is a lrerr-tools stage that returns at once when its output
 # directory already holds a complete result made with the same settings (its manifest says
 # so), and refuses in one line when the settings changed; so a rerun skips what is done and
@@ -11,6 +11,7 @@
 #   ffpp-<comp>/score/<run>/<test data>            each detector scored on a test set
 #   celebdf/, dfd-<comp>/                          test-only data for cross-dataset scoring
 #   reports/<name>.md, <name>.<table>.csv          the paper's tables these scores fill
+#   reports/<name>.html                             and the self-contained HTML report (compare.sh, demo.sh)
 
 set -euo pipefail
 
@@ -36,8 +37,8 @@ SETTINGS_HELP='Options (each also read from the environment variable in brackets
   --work DIR          work directory, shared by all scripts [WORK; default: work]
   --comp c23|c40      FF++ compression to train on [COMP; default: c23]
   --profile NAME      paper (the paper'"'"'s settings) or tiny (minutes on a laptop) [PROFILE]
-  --method NAMES      detection methods to train and score, comma-separated [METHOD; default: lrerr;
-                      `lrerr-tools methods` lists them]
+  --method NAMES      detection methods to train and score, comma-separated, or all [METHOD; default:
+                      lrerr; `lrerr-tools methods` lists them]
   --dry-run           check the settings and the datasets, then print each stage command the script
                       would run, one a line, and run none of them [DRY_RUN=1]
 Settings the profile chooses, each overridable by its variable: FRAMES (per video), MAE_PRESET,
@@ -129,11 +130,17 @@ settings() {
     MOCO_DIR=${MOCO:-$FFPP_DIR/moco}
     # A script that always trains the same methods (sclkd.sh, few_labels.sh) names them in
     # SCRIPT_METHODS, so that --method is not looked up for nothing.
-    methods ${SCRIPT_METHODS:-${METHOD//,/ }}
+    if [ -n "${SCRIPT_METHODS:-}" ]; then
+        methods $SCRIPT_METHODS
+    elif [ "$METHOD" = all ]; then
+        methods
+    else
+        methods ${METHOD//,/ }
+    fi
 }
 
 declare -A NEEDS BASELINE
-methods() { # methods NAME...: check the names and learn each one's parent stages and baseline
+methods() { # methods [NAME...]: check the names (none: every method) and learn each one's parent stages and baseline
     local info name needs baseline
     local status=0
     info=$(lrerr-tools methods --tsv "$@") || status=$?
@@ -159,6 +166,24 @@ with_baselines() { # DETECTORS and the baselines they are compared with (Table V
         [[ " ${all[*]} " == *" $name "* ]] || all+=("$name")
     done
     methods "${all[@]}"
+}
+
+TEACHER=sclkd-teacher # the method of the detector run a student learns from, as sclkd.sh trains it
+
+with_teachers() { # DETECTORS, each student (a method whose parent is a detector run) after its teacher
+    local name all=()
+    for name in "${DETECTORS[@]}"; do
+        [[ ,${NEEDS[$name]}, != *,train-det,* ]] || [[ " ${all[*]} " == *" $TEACHER "* ]] || all+=("$TEACHER")
+        [[ " ${all[*]} " == *" $name "* ]] || all+=("$name")
+    done
+    # Each `methods` costs a start-up of lrerr-tools: only for a teacher not described yet.
+    if [ "${all[*]}" = "${DETECTORS[*]}" ]; then
+        return
+    elif [ -n "${NEEDS[$TEACHER]+known}" ]; then
+        DETECTORS=("${all[@]}")
+    else
+        methods "${all[@]}"
+    fi
 }
 
 needs_mae() { # needs_mae: does any of DETECTORS train on a train-mae run?
@@ -308,7 +333,7 @@ score() { # score RUN DATASET: the detector RUN on DATASET's test split
     SCORED+=("$1 $2")
 }
 
-report() { # report TABLE: the tables this script's scores fill, in WORK/reports/TABLE.md
+report() { # report TABLE [OPTION...]: the tables this script's scores fill, in WORK/reports/TABLE.md
     local dirs=() comp scored path
     # The same runs at the other compression join the table once they exist, filling its columns.
     for comp in c23 c40; do
@@ -319,12 +344,13 @@ report() { # report TABLE: the tables this script's scores fill, in WORK/reports
         done
     done
     ((DRY_RUN)) || mkdir -p "$WORK/reports"
-    step "report $1" lrerr-tools report "${dirs[@]}" --out "$WORK/reports/$1.md"
+    step "report $1" lrerr-tools report "${dirs[@]}" --out "$WORK/reports/$1.md" "${@:2}"
     ((DRY_RUN)) || { echo; cat "$WORK/reports/$1.md"; }
 }
 
 cross_dataset_scores() { # each of METHOD trained on all of FF++, scored on FF++, Celeb-DF-v2 and DFD
-    local dataset detector
+    local dataset detector teacher
+    with_teachers
     # A missing root, then a wrong layout or split list, stops the script now, not after hours of FF++.
     for dataset in ffpp celebdf dfd; do
         extract_command "$dataset"
@@ -338,7 +364,9 @@ cross_dataset_scores() { # each of METHOD trained on all of FF++, scored on FF++
     done
     train_mae
     for detector in "${DETECTORS[@]}"; do
-        train_det "$detector" "$detector"
+        teacher=() # a student comes after its teacher (with_teachers)
+        [[ ,${NEEDS[$detector]}, != *,train-det,* ]] || teacher=("" --teacher "$FFPP_DIR/det/$TEACHER")
+        train_det "$detector" "$detector" "${teacher[@]}"
         for dataset in ffpp celebdf dfd; do
             score "$detector" "$dataset"
         done

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from html_page import check_self_contained, markdown_tables, read_page
 from jsonschema import validate
 from skimage import data
 from test_train_det import shared_detector
@@ -255,3 +256,17 @@ def test_report_tables_and_plots_auc_against_level(perturbed_xception, tmp_path)
     write_report([root / "clean"], out)
     assert "Robustness" not in out.read_text() and not plot.exists()
     assert not (tmp_path / "report.robustness.csv").exists()
+
+
+def test_the_html_report_holds_the_robustness_table_plot_and_perturbed_faces(perturbed_xception, tmp_path):
+    root, _ = perturbed_xception
+    out = tmp_path / "report.md"
+    write_report([root / "clean", root / "perturbed"], out, html=True)
+    page = read_page(out.with_suffix(".html"))
+    check_self_contained(page)
+    robustness = next(t for t in markdown_tables(out) if t[0][3:5] == ["Perturbation", "Clean"])
+    assert robustness in page.tables
+    names = [image["alt"].split(",")[0].split(" of ")[0] for image in page.images]
+    assert "report.robustness.png" in names and "perturbations.png" in names
+    perturbed = next(image["alt"] for image in page.images if image["alt"].startswith("perturbations.png"))
+    assert perturbed.startswith(f"perturbations.png of {root / 'perturbed'}: Xception")

@@ -1,8 +1,11 @@
 import csv
+import html
 import json
 
+import cv2
 import numpy as np
 import pytest
+from html_page import check_self_contained, markdown_tables, read_page
 from typer.testing import CliRunner
 
 from lrerr_tools.cli import app
@@ -259,3 +262,20 @@ def test_the_few_label_table_takes_runs_that_record_a_label_fraction(tmp_path):
     # Only the run with every label lands in the paper's Table I as well.
     with open(tmp_path / "r.in-dataset.csv", newline="") as f:
         assert [row["Detector"] for row in csv.DictReader(f)] == ["SCL-KD"]
+
+
+def test_the_html_report_escapes_paths_and_names_what_it_could_not_draw(tmp_path):
+    # A user's folder names reach the page: as text, never as markup.
+    root = tmp_path / 'odd <img src=x onerror="alert(1)"> & co'
+    root.mkdir()
+    celeb = score_dir(root, "celeb", "lrerr", FFPP, "celebdf", auc=0.7747)
+    (celeb / "roc.png").write_bytes(cv2.imencode(".png", np.full((8, 8, 3), 255, np.uint8))[1].tobytes())
+    write_report([celeb], root / "r.md", html=True)
+    page_text = (root / "r.html").read_text()
+    page = read_page(root / "r.html")
+    assert [image["alt"].split(": ")[0] for image in page.images] == [f"roc.png of {celeb}"]
+    check_self_contained(page)
+    assert '<img src=x onerror="alert(1)">' not in page_text and "odd &lt;img src=x onerror=" in page_text
+    assert markdown_tables(root / "r.md")[0] in page.tables
+    assert f"ROC and PR curves: {celeb} left out: no frames.csv" in html.unescape(page_text)
+    assert f"Frame accounting: {celeb} left out: {celeb}: no manifest.json" in html.unescape(page_text)

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from html_page import CHROMIUM, check_self_contained, markdown_tables, read_page, screenshot
 from jsonschema import validate
 from test_extract_bad_input import assert_one_error_line, invoke
 from test_train_det import shared_detector
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from lrerr_tools.cli import app
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import read_manifest, schema
+from lrerr_tools.report_html import extract_dir
 from lrerr_tools.score import ScoreConfig, run
 from lrerr_tools.verify import verify
 
@@ -129,6 +131,50 @@ def test_report_builds_on_the_scores(scored, tmp_path):
     assert ("LRErr (from random weights, random extractor), trained on ffpp c23 [DF, FS], seed 0, tested on "
             "ffpp c23 [DF, FS] (test split)") in text
     assert "Xception (from random weights), trained on ffpp c23 [DF, FS]" in text
+
+
+def html_report(scored, tmp_path):
+    out = tmp_path / "report.md"
+    result = CliRunner().invoke(app, ["report", *(str(scored[m][0]) for m in ("lrerr", "xception")),
+                                      "--out", str(out), "--html"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'report.html'}" in result.output
+    return out, tmp_path / "report.html"
+
+
+def test_the_html_report_is_self_contained_and_holds_every_table_and_figure(scored, tmp_path):
+    markdown, page_path = html_report(scored, tmp_path)
+    page = read_page(page_path)
+    images = check_self_contained(page)
+    # ROC and PR of the one test set; roc.png, reliability.png and cam.png of each score; LRErr's
+    # attention.png
+    assert len(images) == 1 + 3 + 3 + 1
+    assert images[0].shape[:2] == (900, 990)  # the curves: 11 × 10 in at 90 dpi
+    captions = [image["alt"] for image in page.images]
+    assert captions[0].startswith("ROC and PR curves, tested on ffpp c23 [DF, FS] (test split); LRErr: ")
+    lrerr, xception = (scored[m][0] for m in ("lrerr", "xception"))
+    assert f"Xception: {xception}" in captions[0]
+    assert [c.split(" of ")[0] for c in captions[1:]] == ["roc.png", "reliability.png", "attention.png",
+                                                         "cam.png", "roc.png", "reliability.png", "cam.png"]
+    assert all("(test split)" in c for c in captions) and f"attention.png of {lrerr}: LRErr" in captions[3]
+    for table in markdown_tables(markdown):
+        assert table in page.tables
+    accounting = page.tables[-1]
+    assert accounting[0] == ["Dataset", "Split", "Videos", "Frames tried", "Crops", "No face",
+                             "Decode errors", "Unreadable videos"]
+    assert [row[:2] for row in accounting[1:]] == [["ffpp", "test"], ["ffpp", "train"], ["ffpp", "val"]]
+    extract = read_manifest(extract_dir(lrerr))
+    for column, key in ((2, "videos"), (3, "frames_tried"), (4, "crops"), (5, "no_face")):
+        assert sum(int(row[column]) for row in accounting[1:]) == extract.counts[key]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium (Debian package chromium)")
+def test_the_html_report_renders_in_headless_chromium(scored, tmp_path):
+    _, page_path = html_report(scored, tmp_path)
+    shot = screenshot(page_path, tmp_path / "shot.png", tmp_path / "profile")
+    assert shot.shape[:2] == (2400, 1280)
+    dark = (shot.min(axis=2) < 128).mean(axis=1)  # the share of each pixel row drawn in ink
+    assert (dark > 0.01).sum() > 500  # text, tables and figures, not a blank or an error page
 
 
 def test_a_rerun_finds_the_score_and_another_detector_is_refused(scored, ffpp_root, tmp_path_factory):

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from html_page import check_self_contained, markdown_tables, read_page
 
 from lrerr_tools.methods import all_methods
 from lrerr_tools.synth import make_celebdf_sample, make_ffpp_sample
@@ -246,6 +248,54 @@ def test_ablation_trains_the_baseline_beside_the_method_on_every_test_set(data, 
     report = commands[-1]
     assert option(report, "--out").endswith("reports/ablation.md")
     assert len(report[2:report.index("--out")]) == 6
+
+
+@pytest.fixture(scope="module")
+def compare_plan(data, tmp_path_factory):
+    """What compare.sh would run by default (every registered method), and the work directory
+    it was planned in."""
+    tmp_path = tmp_path_factory.mktemp("compare")
+    return plan(data, "compare.sh", tmp_path), tmp_path / "planned"
+
+
+def test_compare_trains_every_method_after_its_parent_runs_and_scores_it_everywhere(compare_plan):
+    commands, _ = compare_plan
+    tests = ["ffpp-c23", "celebdf", "dfd-c23"]
+    order = [Path(option(c, "--out")).name for c in commands if c[1].startswith("train-")]
+    assert sorted(order) == sorted([*all_methods(), "mae", "moco"])
+    assert order.index("mae") < order.index("lrerr") and order.index("moco") < order.index("sclkd-teacher")
+    assert order.index("sclkd-teacher") < order.index("sclkd")
+    student = next(c for c in commands if c[1] == "train-det" and Path(option(c, "--out")).name == "sclkd")
+    assert Path(option(student, "--teacher")).name == "sclkd-teacher"
+    assert sorted(trained_and_scored(commands)) == sorted((m, "", t) for m in all_methods() for t in tests)
+    report = commands[-1]
+    assert report[1] == "report" and report[-1] == "--html" and option(report, "--out").endswith("compare.md")
+
+
+def test_compare_reports_each_method_on_every_test_set_with_intervals_and_the_html_page(data, compare_plan):
+    """The planned report, run for real on the scores of it that exist: LRErr's, which ffpp.sh
+    and cross_dataset.sh finished in the shared work directory. (Training every method, even
+    tiny, would take ten minutes; re-entering the finished stages of two, 2 min.)"""
+    commands, planned = compare_plan
+    report = commands[-1]
+    scores = [data["work"] / Path(d).relative_to(planned) for d in report[2:report.index("--out")]]
+    scores = [d for d in scores if d.parent.name == "lrerr"]
+    out = data["work"] / "reports" / "compare.md"
+    assert len(scores) == 3
+    check(subprocess.run([sys.executable, "-m", "lrerr_tools", "report", *map(str, scores), "--out", str(out),
+                          *report[report.index("--out") + 2:]], capture_output=True, text=True, timeout=300))
+    rows = table(data, "compare", "cross-dataset")
+    assert list(rows) == [("LRErr", "c23")]
+    interval = r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]"
+    assert re.search(rf"\| LRErr \| c23 \| {interval} \| {interval} \| {interval} \|", out.read_text())
+    page = read_page(out.with_suffix(".html"))
+    check_self_contained(page)
+    for cells in markdown_tables(out):
+        assert cells in page.tables
+    curves = [image["alt"].split(";")[0] for image in page.images if image["alt"].startswith("ROC and PR")]
+    assert curves == ["ROC and PR curves, tested on ffpp c23 [DF, F2F, FS, NT] (test split)",
+                      "ROC and PR curves, tested on celebdf [Celeb-synthesis] (test split)",
+                      "ROC and PR curves, tested on dfd c23 [DeepFakeDetection] (test split)"]
 
 
 def test_slurm_array_parts_merge_to_what_the_scripts_extract(data):
