@@ -663,4 +663,7 @@ def version() -> None:
 
 
 def main() -> None:
+    from lrerr_tools.allocator import keep_freed_memory
+
+    keep_freed_memory()
     app()

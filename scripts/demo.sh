@@ -20,6 +20,10 @@ work=${1:-demo-out}
 : "${FRAMES:=8}" "${MAE_EPOCHS:=100}" "${MAE_STEPS:=20}" "${DET_ITERS:=10}" "${JOBS:=2}"
 : "${MAE_ARGS=--optimizer adamw --lr 1.5e-3 --warmup-epochs 5 --eval-every 25 --colour-jitter 0.3 --flip 0.5}"
 : "${METHOD:=lrerr,xception,recce}"
+# Where each model looks (Grad-CAM), and for LRErr and its baseline how they hold up under
+# JPEG at five qualities: a minute or two more on 2 cores (`--perturb all`, the whole
+# DeeperForensics grid, is 8 times that: 40 passes over the test faces, none cached).
+: "${SCORE_ARGS=--cam 3}" "${SCORE_ARGS_lrerr=--perturb jpeg}" "${SCORE_ARGS_xception=--perturb jpeg}"
 parse_args --ffpp "$work/sample" --work "$work" --profile tiny
 
 [ -f "$work/sample/splits/test.json" ] || step sample lrerr-tools sample "$work/sample"

@@ -46,7 +46,8 @@ MAE_EPOCHS, MAE_STEPS (cap per epoch), DET_EPOCHS, DET_ITERS, BATCH, WORKERS, PR
 JOBS (videos in parallel, 0 = a core each); for SCL-KD'"'"'s train-moco: MOCO_EPOCHS, MOCO_STEPS (cap
 per epoch), MOCO_BATCH, MOCO_QUEUE, MOCO_WIDTH (also the teacher'"'"'s --width), MOCO_CROP.
 Extra stage options: EXTRACT_ARGS, LANDMARKS_ARGS, SHARD_ARGS, MAE_ARGS, MOCO_ARGS, DET_ARGS (every method),
-DET_ARGS_<method> (one method'"'"'s own options, e.g. DET_ARGS_lrerr="--attn-layers block2"), SCORE_ARGS.
+DET_ARGS_<method> (one method'"'"'s own options, e.g. DET_ARGS_lrerr="--attn-layers block2"), SCORE_ARGS,
+SCORE_ARGS_<method> (one method'"'"'s scores only, e.g. SCORE_ARGS_lrerr="--perturb all").
 MAE=RUN_DIR (MOCO=RUN_DIR) uses that finished train-mae (train-moco) run instead of training one. TRAIN_LAUNCH runs the
 training stages, e.g. "torchrun --nproc_per_node 8 -m lrerr_tools" (default: lrerr-tools).'
 
@@ -299,8 +300,10 @@ train_moco() { # SCL-KD's MoCo encoder on FF++'s train faces, unless MOCO names 
     MOCO_READY=1
 }
 
+declare -A RUN_METHOD
 train_det() { # train_det RUN DETECTOR [FAKE_METHODS [OPTION...]]: a detector on FF++ train, in ffpp-<comp>/det/RUN
     local options=(--method "$2") own own_args
+    RUN_METHOD[$1]=$2
     [[ ,${NEEDS[$2]}, != *,train-mae,* ]] || options+=(--mae "$MAE_DIR")
     if [[ ,${NEEDS[$2]}, == *,train-moco,* ]]; then
         train_moco # at most once a script: every script can train SCL-KD's teacher
@@ -325,11 +328,13 @@ score_dir() { # score_dir RUN DATASET COMP: where `score` puts RUN (trained at C
 }
 
 SCORED=()
-score() { # score RUN DATASET: the detector RUN on DATASET's test split
-    local out
+score() { # score RUN DATASET: the detector RUN (trained by train_det) on DATASET's test split
+    local out own own_args
     out=$(score_dir "$1" "$2" "$COMP")
+    own=SCORE_ARGS_${RUN_METHOD[$1]//-/_}
+    read -ra own_args <<<"${!own:-}"
     step "score $1 on $2" lrerr-tools score "$(data_dir "$2")/shards" --detector "$FFPP_DIR/det/$1" \
-        --out "$out" --batch-size "$BATCH" --workers "$WORKERS" "${SCORE_EXTRA[@]}"
+        --out "$out" --batch-size "$BATCH" --workers "$WORKERS" "${SCORE_EXTRA[@]}" "${own_args[@]}"
     SCORED+=("$1 $2")
 }
 
