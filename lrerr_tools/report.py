@@ -84,6 +84,11 @@ class Run:
                                   for m, blocks in self.metrics["per_method"].items()}}
         return Run(self.path, metrics, aggregator)
 
+    def video_scores(self, frames: list[dict]) -> list[dict]:
+        """This run's videos from its scored `frames`, each video's prob (under the
+        `video_prob_key` of `aggregate`) by the aggregators' constants it was scored with."""
+        return video_rows(checked_frames(frames), Aggregation(**self.metrics.get("aggregation", {})))
+
     def describe(self) -> str:
         train, test = self.train, self.test
         caveats = f" ({', '.join(train['caveats'])})" if train.get("caveats") else ""
@@ -342,9 +347,8 @@ def _level_scores(run: Run, level: str) -> dict[tuple, tuple]:
         return {(f["video_id"], f["frame_index"]): (f["label"], f["method"], f["prob"], f["video_id"])
                 for f in frames}
     key = video_prob_key(run.aggregate)
-    aggregation = Aggregation(**run.metrics.get("aggregation", {}))
     return {(v["video_id"],): (v["label"], v["method"], v[key], v["video_id"])
-            for v in video_rows(checked_frames(frames), aggregation)}
+            for v in run.video_scores(frames)}
 
 
 def few_labels(runs: Sequence[Run], level: str, notes: list[str]) -> tuple[Table, set[Path]]:

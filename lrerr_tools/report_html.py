@@ -26,7 +26,7 @@ from lrerr_tools.atomic_io import atomic_write_bytes
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.extract import counts_by_split
 from lrerr_tools.manifest import linked_dir, open_parent, read_manifest
-from lrerr_tools.metrics import LEVELS, Aggregation, checked_frames, video_prob_key, video_rows
+from lrerr_tools.metrics import LEVELS, checked_frames, video_prob_key
 from lrerr_tools.report import AGGREGATE_WORDS, Run, Table, _data, _format, _title, explanation
 
 # A score directory's figures, by file pattern, in the order shown: score's own plots, the
@@ -194,7 +194,7 @@ def _read_frames(path: Path) -> list[dict]:
 
 def _level_scores(run: Run, frames: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{level: (labels, probs)}: the frames, and the videos as the run's aggregator scores them."""
-    videos = video_rows(frames, Aggregation(**run.metrics.get("aggregation", {})))
+    videos = run.video_scores(frames)
     key = video_prob_key(run.aggregate)
     return {"frame": (np.array([f["label"] for f in frames]), np.array([f["prob"] for f in frames])),
             "video": (np.array([v["label"] for v in videos]), np.array([v[key] for v in videos]))}
