@@ -70,6 +70,6 @@ def load_detector(run_dir: str | Path, device: torch.device) -> LoadedDetector:
                           f"the detector in {run.path}")
     context = None if method.scores_alone else method.context(parents, cfg["seed"], device)
     checkpoint = load_checkpoint(best_checkpoint(run.path))
-    net = method.build()  # every weight, a frozen extractor's included, comes from the checkpoint
+    net = method.network()  # every weight, a frozen extractor's included, comes from the checkpoint
     net.load_state_dict(checkpoint["model"])
     return LoadedDetector(method, net.to(device).eval().requires_grad_(False), context, run, parents)

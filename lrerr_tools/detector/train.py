@@ -270,7 +270,7 @@ class _Trainer:
         cfg = self.cfg
         # Seeded after the context is loaded, so methods whose networks agree start alike.
         seed_everything(cfg.seed)
-        self.net = self.method.build()
+        self.net = self.method.network()
         if state.checkpoint is None:
             self.method.init(self.net, cfg.pretrained, cfg.weights)
             self.method.init_from_parents(self.net, self.context)

@@ -6,7 +6,7 @@ A method is one subclass of `Method` in its own module of this package, register
 
     context = method.context(parents, seed, device)   # frozen helpers kept out of the state dict
     method.check_data(dataset, context)        # refuse shards it cannot read, before any work
-    net = method.build()                       # architecture, random init (the trainer seeds first)
+    net = method.network()                     # architecture, random init (the trainer seeds first)
     method.check_start(pretrained, weights)    # refuse a meaningless start, before any work
     method.init(net, pretrained, weights)      # pretrained weights, fresh runs only
     method.init_from_parents(net, context)     # weights from a parent run, fresh runs only, after init
@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lrerr_tools.errors import LrerrError
+from lrerr_tools.memory_format import channels_last
 
 if TYPE_CHECKING:
     from torch import nn
@@ -186,6 +187,10 @@ class Method:
     def build(self):
         """The network, randomly initialised (the trainer has seeded torch)."""
         raise NotImplementedError
+
+    def network(self):
+        """`build`'s network in the layout every stage runs it in (`memory_format.py`)."""
+        return channels_last(self.build())
 
     def check_start(self, pretrained: bool, weights: str | None) -> None:
         """Refuse, in one line and before any work, a starting point that would make the run

@@ -26,7 +26,7 @@ def count_cost(method: Method) -> tuple[int, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     device = torch.device("cpu")
-    net = method.build().eval()
+    net = method.network().eval()
     params = sum(p.numel() for p in net.parameters() if p.requires_grad)
     # Inference is what `score` runs: a method that scores alone has no context there.
     context = None if method.scores_alone else method.example_context(device)

@@ -70,7 +70,7 @@ class SclkdStudent(Method):
     def example_context(self, device) -> LoadedDetector:
         """A randomly initialised full-width teacher, standing in for a teacher run."""
         teacher = get_method(TEACHER).resolve({})
-        net = teacher.build().to(device).eval().requires_grad_(False)
+        net = teacher.network().to(device).eval().requires_grad_(False)
         return LoadedDetector(method=teacher, net=net, context=teacher.example_context(device), run=None,
                               parents={})
 

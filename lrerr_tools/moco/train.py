@@ -29,6 +29,7 @@ from tqdm import tqdm
 from lrerr_tools.blocks.xception import load_pretrained_xception
 from lrerr_tools.errors import LrerrError
 from lrerr_tools.manifest import Manifest, StageDir, write_stage
+from lrerr_tools.memory_format import channels_last
 from lrerr_tools.moco.augment import aug_plus
 from lrerr_tools.moco.model import Moco
 from lrerr_tools.normalization import normalize_uint8
@@ -169,7 +170,8 @@ class _Trainer:
         seed_everything(cfg.seed)
         # Under torchrun each rank's batch norm is one part of the shuffle; in one process, splits.
         splits = 1 if self.dist.enabled else cfg.bn_splits
-        model = Moco(cfg.width, cfg.dim, cfg.queue_size, cfg.momentum, cfg.temperature, splits, self.dist)
+        model = channels_last(Moco(cfg.width, cfg.dim, cfg.queue_size, cfg.momentum, cfg.temperature, splits,
+                                   self.dist))
         if state.checkpoint is None:
             load_pretrained_xception(model.encoder_q.backbone, cfg.pretrained, cfg.weights)
             model.encoder_k.load_state_dict(model.encoder_q.state_dict())
