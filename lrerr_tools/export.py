@@ -10,8 +10,9 @@ The graph's input `faces` is aligned faces as extract and `predict` crop them: u
 (B, 3, 224, 224), values 0-255, unnormalised (the normalisation is inside). Its output
 `logit` is (B,) float32; p(fake) = sigmoid(logit). LRErr's graph holds the frozen MAE and
 the frozen extractor too, with one key-region mask for every face, drawn from the run seed
-(`Reconstructor.fixed_mask`): a run's own masks are seeded by a hash of each face's bytes,
-which no graph computes, so an exported LRErr scores a face close to, not exactly as, the run.
+(`Reconstructor.fixed_mask`), and the MAE at float32: a run's own masks are seeded by a hash
+of each face's bytes, which no graph computes, and its MAE may run in bfloat16, so an exported
+LRErr scores a face close to, not exactly as, the run.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def test_method_arguments_from_the_command_line():
     assert parents == {"mae": "work/mae"}
     settings = lrerr.resolve(options).settings
     assert settings == {"backbone": "legacy_xception", "attn_layers": ["block1", "block2"],
-                        "attn_form": "mul", "random_extractor": False}
+                        "attn_form": "mul", "mae_precision": "bfloat16", "random_extractor": False}
     flag = Option("linear_probe", bool, False, "")
     assert flag.convert("true") is True and flag.convert(False) is False
     with pytest.raises(LrerrError, match="--linear-probe: 'maybe' is not a bool"):

@@ -167,7 +167,7 @@ def test_lrerr_differs_from_the_baseline_only_in_the_method(ffpp_root, tmp_path_
     assert {k for k in lrerr.config if lrerr.config[k] != base.config[k]} == {"method", "parents", "out",
                                                                               "options"}
     assert lrerr.config["options"] == {"backbone": "test_resnet", "attn_layers": LAYERS, "attn_form": "mul",
-                                       "random_extractor": True}
+                                       "mae_precision": "bfloat16", "random_extractor": True}
     assert base.config["options"] == {"backbone": "test_resnet"}
     assert [base.config[k] for k in ("optimizer", "lr", "schedule")] == ["adam", 1e-3, "constant"]
     assert lrerr.extra["parents"] == {"mae": {"path": os.path.relpath(mae.resolve(), runs["lrerr"].resolve()),
@@ -211,7 +211,7 @@ def test_a_faces_mask_follows_its_pixels_not_its_name_or_batch(shards, mae):
     from lrerr_tools.detector.reconstruction import load_reconstructor
     from lrerr_tools.shard_dataset import ShardDataset
 
-    reconstructor = load_reconstructor(mae, seed=0, device=torch.device("cpu"))
+    reconstructor = load_reconstructor(mae, seed=0, device=torch.device("cpu"), precision="float32")
     faces = ShardDataset(shards, split="val", fields=("key_mask",))
     items = [faces[i] for i in range(6)]
     images = torch.stack([it["image"] for it in items])
@@ -223,8 +223,37 @@ def test_a_faces_mask_follows_its_pixels_not_its_name_or_batch(shards, mae):
     changed = images.clone()
     changed[0, 0, 0, 0] ^= 1  # one pixel's lowest bit: another face
     assert not torch.equal(reconstructor.masks(key[:1], changed[:1]), masks[:1])
-    other_run = load_reconstructor(mae, seed=1, device=torch.device("cpu"))
+    other_run = load_reconstructor(mae, seed=1, device=torch.device("cpu"), precision="float32")
     assert not torch.equal(other_run.masks(key, images), masks)
+
+
+def test_the_mae_precision_changes_its_arithmetic_only_and_is_recorded(shards, mae, tmp_path):
+    from lrerr_tools.detector.reconstruction import load_reconstructor
+    from lrerr_tools.methods.lrerr import Lrerr
+
+    faces = ShardDataset(shards, split="val", fields=("key_mask",))
+    items = [faces[i] for i in range(4)]
+    images = torch.stack([it["image"] for it in items])
+    masks = torch.stack([it["key_mask"] for it in items])
+    recon = {}
+    for precision in ("float32", "bfloat16"):
+        reconstructor = load_reconstructor(mae, seed=0, device=torch.device("cpu"), precision=precision)
+        hidden = reconstructor.masks(masks, images)
+        recon[precision] = reconstructor.reconstruct_masked(images, hidden)
+        assert recon[precision].dtype == torch.float32
+    visible = ~hidden[:, :, None].expand(-1, -1, 16 * 16 * 3)
+    patches = {p: reconstructor.model.patchify(r) for p, r in recon.items()}
+    assert torch.equal(patches["bfloat16"][visible], patches["float32"][visible])  # the face's own pixels
+    gap = (patches["bfloat16"] - patches["float32"])[~visible].abs()
+    assert 0 < gap.mean() < 0.02  # bfloat16 rounding, not another reconstruction
+
+    train_module.run(config(shards, tmp_path / "run", mae=mae))
+    run = load_detector(tmp_path / "run", torch.device("cpu"))
+    assert run.method.settings["mae_precision"] == "bfloat16" == run.context.precision
+    [identity] = (tmp_path / "run" / "cache").glob("*/rank0/identity.json")
+    assert json.loads(identity.read_text())["mae_precision"] == "bfloat16"  # another cache than float32's
+    # A run recorded before the option existed made its maps at float32, and scores so.
+    assert Lrerr.resolve_recorded({"backbone": "test_resnet"}).settings["mae_precision"] == "float32"
 
 
 def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shards, mae, tmp_path,

@@ -57,7 +57,7 @@ def load_detector(run_dir: str | Path, device: torch.device) -> LoadedDetector:
     if "options" not in cfg:
         raise LrerrError(f"{run.path}: a detector run made before the method registry, whose config "
                          "names no method options — retrain it with train-det --overwrite")
-    method = get_method(cfg["method"]).resolve(cfg["options"])
+    method = get_method(cfg["method"]).resolve_recorded(cfg["options"])
     parents = {}
     for parent in () if method.scores_alone else method.parents:
         recorded = extra["parents"][parent.name]

@@ -7,6 +7,13 @@ and a hash of the face's own uint8 pixels: a face gets the same reconstruction i
 epoch, in validation and in `score`, whatever batch it lands in (a score does not depend on
 --batch-size), and whatever it is called (a renamed video scores the same, and so does the
 same face met later in `predict`).
+
+The MAE runs in the precision the run chose (LRErr's `--mae-precision`): bfloat16 autocast by
+default, as the MAE release evaluates under autocast. Only its arithmetic changes: the
+visible patches stay the face's own float32 pixels, and the maps are made from the float32
+reconstruction at full precision. On the demo's trained MAE, bfloat16 moved the attention
+maps by 0.4 % of their mean (correlation 0.99998), against a reconstruction error 200 times
+the change; it made the reconstruction 2.2x faster on this project's CPUs (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -23,19 +30,21 @@ from lrerr_tools.mae.masking import key_masks_for, masks_from_noise
 from lrerr_tools.mae.model import GRID, IMAGE_SIZE, MaskedAutoencoder
 from lrerr_tools.normalization import to_mae_input
 from lrerr_tools.shard_dataset import ShardDataset
-from lrerr_tools.training import seeded_generator
+from lrerr_tools.training import autocast, seeded_generator
 
 MASK_STREAM = 1  # a seed part of the detector run's random streams (sampling uses 0)
 # All of T (the MAE trained hiding most of it, --key-mask-ratio): no original pixel of the
 # key region, where forgeries live, may leak into the reconstruction the detector compares with.
 KEY_MASK_RATIO = 1.0
+MAE_PRECISIONS = {"bfloat16": torch.bfloat16, "float32": None}  # name → autocast dtype (None: none)
 
 
 class Reconstructor:
-    """A frozen MAE with its own key region T and mask ratio; `reconstruct(batch)` on a shard batch."""
+    """A frozen MAE with its own key region T and mask ratio, run at `precision` (a name of
+    MAE_PRECISIONS); `reconstruct(batch)` on a shard batch."""
 
-    def __init__(self, model: MaskedAutoencoder, info: MaeInfo, seed: int):
-        self.model, self.info, self.seed = model, info, seed
+    def __init__(self, model: MaskedAutoencoder, info: MaeInfo, seed: int, precision: str = "float32"):
+        self.model, self.info, self.seed, self.precision = model, info, seed, precision
 
     def check(self, dataset: ShardDataset) -> None:
         """Refuse shards the MAE cannot read: other image sizes or another patch grid."""
@@ -61,10 +70,12 @@ class Reconstructor:
         masks = self.masks(batch["key_mask"], batch["image"]).to(device)
         return self.reconstruct_masked(batch["image"].to(device, non_blocking=True), masks)
 
-    def reconstruct_masked(self, faces: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """`reconstruct` of uint8 faces (B, 3, 224, 224) hidden by given `masks` (B, 196):
-        the part of it that an exported graph holds."""
-        return self.model.reconstruct(to_mae_input(faces), masks)
+    def reconstruct_masked(self, faces: torch.Tensor, masks: torch.Tensor, precision: str | None = None
+                           ) -> torch.Tensor:
+        """`reconstruct` of uint8 faces (B, 3, 224, 224) hidden by given `masks` (B, 196),
+        at `precision` (None: the run's): the part of it that an exported graph holds."""
+        with autocast(faces.device, MAE_PRECISIONS[precision or self.precision]):
+            return self.model.reconstruct(to_mae_input(faces), masks)
 
     @cached_property
     def fixed_mask(self) -> torch.Tensor:
@@ -87,7 +98,7 @@ def face_seed(face: torch.Tensor) -> tuple[int, int]:
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
-def load_reconstructor(mae_dir: str | Path, seed: int, device: torch.device) -> Reconstructor:
+def load_reconstructor(mae_dir: str | Path, seed: int, device: torch.device, precision: str) -> Reconstructor:
     """The frozen reconstructor of the train-mae run `mae_dir`, masks seeded by `seed`."""
     model, info = load_mae(mae_dir, device)
-    return Reconstructor(model, info, seed)
+    return Reconstructor(model, info, seed, precision)

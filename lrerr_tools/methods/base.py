@@ -63,6 +63,9 @@ class Option:
     help: str
     choices: tuple = ()
     check: Callable[[Any], str | None] | None = None
+    # What a run recorded before the option existed was made with, where that is not the
+    # default: such a run scores as it trained (None: the default).
+    before: Any = None
 
     @property
     def flag(self) -> str:
@@ -168,6 +171,12 @@ class Method:
             raise LrerrError(cls.not_an_option("--" + unknown[0].replace("_", "-")))
         return cls({name: option.convert(given[name]) if name in given else option.default
                     for name, option in known.items()})
+
+    @classmethod
+    def resolve_recorded(cls, recorded: dict) -> Method:
+        """`resolve` of the options a run recorded: one it lacks takes its `before` value."""
+        older = {o.name: o.before for o in cls.options if o.name not in recorded and o.before is not None}
+        return cls.resolve({**recorded, **older})
 
     @classmethod
     def not_an_option(cls, flag: str) -> str:
