@@ -173,9 +173,10 @@ def bench_mae(args: argparse.Namespace) -> None:
               f"{memory(mae):>14}{memory(enc):>14}")
 
 
-def det_case(name: str, device_name: str, batch: int, warmup: int, steps: int) -> dict:
+def det_case(name: str, device_name: str, batch: int, warmup: int, steps: int, nchw: bool = False) -> dict:
     """One measurement, in a fresh process: `name`'s input step and trainable step, then the
-    input step and forward in eval mode without gradients, as `score` runs them."""
+    input step and forward in eval mode without gradients, as `score` runs them. `nchw`: the
+    network in PyTorch's default layout, as every stage ran it before `memory_format.py`."""
     from lrerr_tools.methods import get_method
     from lrerr_tools.methods.describe import example_batch
     from lrerr_tools.training import (
@@ -192,6 +193,8 @@ def det_case(name: str, device_name: str, batch: int, warmup: int, steps: int) -
     torch.manual_seed(0)
     method = get_method(name).resolve({})
     net = method.network().to(device)
+    if nchw:
+        net.to(memory_format=torch.contiguous_format)
     context = method.example_context(device)
     data = example_batch(batch)
     labels = data["label"].float().to(device)
@@ -268,6 +271,19 @@ def bench_det(args: argparse.Namespace) -> None:
             print(f"{r['device']:<7}{r['batch']:>6}{r['steps']:>6}{name:>15}{r['prep_s']:>8.3f}"
                   f"{r['step_s']:>8.3f}{r['train_img_s']:>13.1f}{r['score_img_s']:>13.1f}"
                   f"{train:>8.2f}x{score:>8.2f}x{memory:>14}")
+    if args.layouts:
+        print("the networks' layout: NHWC (channels-last, what the stages run) against NCHW (before it), "
+              "same device, batch and steps; gain = NCHW time / NHWC time")
+        print(f"{'device':<7}{'method':>15}{'NCHW step s':>13}{'NHWC step s':>13}{'step gain':>11}"
+              f"{'NCHW score/s':>14}{'NHWC score/s':>14}{'score gain':>12}")
+        for device, run in zip(devices, runs):
+            batch = args.gpu_batch if device == "cuda" else args.cpu_batch
+            steps = args.gpu_steps if device == "cuda" else args.steps
+            for name, r in run.items():
+                old = run_isolated(det_case, name, device, batch, args.warmup, steps, True)
+                print(f"{device:<7}{name:>15}{old['step_s']:>13.3f}{r['step_s']:>13.3f}"
+                      f"{old['step_s'] / r['step_s']:>10.2f}x{old['score_img_s']:>14.1f}"
+                      f"{r['score_img_s']:>14.1f}{r['score_img_s'] / old['score_img_s']:>11.2f}x")
 
 
 def moco_case(device_name: str, batch: int, warmup: int, steps: int) -> dict:
@@ -358,7 +374,7 @@ def run_case(method: str, shards: str, mae: str, out: str, overrides: dict) -> d
         return result
 
     train_det._Trainer.train_epoch, train_det._Trainer.validate = train_epoch, validate
-    options = {"backbone": "legacy_xception"}
+    options = {"backbone": "legacy_xception", **overrides.pop("options", {})}
     if method == "lrerr":
         options["random_extractor"] = True  # no weights are downloaded; the cost is the same
     cfg = train_det.DetTrainConfig(shard_dir=shards, out=out, method=method, options=options,
@@ -370,7 +386,9 @@ def run_case(method: str, shards: str, mae: str, out: str, overrides: dict) -> d
 
 
 def bench_det_runs(args: argparse.Namespace) -> None:
-    """Whole 3-epoch runs of LRErr (the cache on and off) and Xception on the same shards."""
+    """Whole 3-epoch runs of LRErr (the cache on and off) and Xception on the same shards;
+    `--repeats` rounds of all of them in turn, so that a slow minute of a shared machine falls
+    on one round, and the medians are printed."""
     import tempfile
     from dataclasses import fields
     from pathlib import Path
@@ -393,6 +411,10 @@ def bench_det_runs(args: argparse.Namespace) -> None:
     variants = {"xception": ("xception", {}), "lrerr": ("lrerr", {})}
     if "cache_gb" in {f.name for f in fields(DetTrainConfig)}:  # the code before the cache had none
         variants["lrerr, no cache"] = ("lrerr", {"cache_gb": 0.0})
+    from lrerr_tools.methods import get_method
+
+    if "mae_precision" in {o.name for o in get_method("lrerr").options}:  # the code before had float32 only
+        variants["lrerr, float32 MAE"] = ("lrerr", {"options": {"mae_precision": "float32"}})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = make_ffpp_sample(tmp / "sample", n_pairs=3, methods=("Deepfakes", "FaceSwap"),
@@ -403,22 +425,29 @@ def bench_det_runs(args: argparse.Namespace) -> None:
         run_shard(ShardConfig(landmarks=str(tmp / "landmarks"), out=str(tmp / "shards")))
         run_mae(MaeTrainConfig(shard_dir=str(tmp / "shards"), out=str(tmp / "mae"), preset="base", epochs=1,
                                batch_size=4, max_steps=1, workers=0, device=device))
-        results = {name: run_isolated(run_case, method, str(tmp / "shards"), str(tmp / "mae"),
-                                      str(tmp / name.replace(", ", "-").replace(" ", "-")),
+        rounds = [{name: run_isolated(run_case, method, str(tmp / "shards"), str(tmp / "mae"),
+                                      str(tmp / f"{round_}-{name}".replace(", ", "-").replace(" ", "-")),
                                       {**common, **overrides})
-                   for name, (method, overrides) in variants.items()}
+                   for name, (method, overrides) in variants.items()} for round_ in range(args.repeats)]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, torch {torch.__version__}, device {device}")
-    val = results[BASELINE]["val_faces"]
+    val = rounds[0][BASELINE]["val_faces"]
     print(f"{args.epochs} epochs x {args.iters} steps x batch {batch} = {args.iters * batch} train faces an "
-          f"epoch, {val} val faces; legacy_xception (random weights), base MAE; epoch = train + val, s")
-    base = results[BASELINE]["epochs"]
-    print(f"{'run':<18}{'cold s':>9}{'warm s':>9}{'total s':>9}{'cold ×':>9}{'warm ×':>9}")
-    for name, r in results.items():
-        cold, warm = r["epochs"][0], statistics.mean(r["epochs"][1:] or r["epochs"])
-        base_warm = statistics.mean(base[1:] or base)
-        print(f"{name:<18}{cold:>9.2f}{warm:>9.2f}{sum(r['epochs']):>9.2f}{cold / base[0]:>8.2f}x"
-              f"{warm / base_warm:>8.2f}x")
+          f"epoch, {val} val faces; legacy_xception (random weights), base MAE; epoch = train + val, s; "
+          f"medians of {args.repeats} rounds, each ratio against the baseline of its own round")
+
+    def phases(epochs: list[float]) -> tuple[float, float, float]:
+        return epochs[0], statistics.mean(epochs[1:] or epochs), sum(epochs)
+
+    print(f"{'run':<20}{'cold s':>9}{'warm s':>9}{'total s':>9}{'cold ×':>9}{'warm ×':>9}   warm × per round")
+    for name in variants:
+        times = [phases(r[name]["epochs"]) for r in rounds]
+        ratios = [[t / b for t, b in zip(phases(r[name]["epochs"]), phases(r[BASELINE]["epochs"]))]
+                  for r in rounds]
+        cold, warm, total = (statistics.median(column) for column in zip(*times))
+        cold_x, warm_x, _ = (statistics.median(column) for column in zip(*ratios))
+        each = " ".join(f"{r[1]:.2f}" for r in ratios)
+        print(f"{name:<20}{cold:>9.2f}{warm:>9.2f}{total:>9.2f}{cold_x:>8.2f}x{warm_x:>8.2f}x   {each}")
 
 
 def main() -> None:
@@ -442,12 +471,15 @@ def main() -> None:
     det.add_argument("--methods", default="", help="comma-separated methods (default: every registered one)")
     det.add_argument("--against", default=BASELINE,
                      help="the method the ratios are against, e.g. sclkd-teacher for SCL-KD's student")
+    det.add_argument("--layouts", action="store_true",
+                     help="also time each method's network in NCHW, against the NHWC the stages use")
     det.add_argument("--runs", action="store_true",
                      help="time whole train-det runs (epochs with validation) instead of single steps")
     det.add_argument("--epochs", type=int, default=3, help="--runs: epochs per run")
     det.add_argument("--iters", type=int, default=3, help="--runs: steps per epoch")
     det.add_argument("--frames", type=int, default=12, help="--runs: faces per video of the sample")
     det.add_argument("--workers", type=int, default=0, help="--runs: DataLoader workers")
+    det.add_argument("--repeats", type=int, default=3, help="--runs: rounds of every run, in turn")
     det.set_defaults(run=lambda args: (bench_det_runs if args.runs else bench_det)(args))
     moco = models.add_parser("moco", help="train-moco step vs a supervised Xception step")
     moco.add_argument("--steps", type=int, default=3, help="timed steps on the CPU")
