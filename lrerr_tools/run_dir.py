@@ -68,12 +68,14 @@ def clear_run(out: Path, stage_outputs: tuple[str, ...] = (), stage: str | None 
 
 
 def inspect_run(out: Path, stage: str, identity: dict, parent: dict, resume: bool,
-                stage_outputs: tuple[str, ...] = (), defaults: dict | None = None) -> RunState:
+                stage_outputs: tuple[str, ...] = (), defaults: dict | None = None,
+                complete: Callable[[dict], dict] | None = None) -> RunState:
     """Decide how a run with `identity` (the config fields that change the result) on
     `parent` may use `out`, or refuse in one line. A directory holding only run outputs but
     no checkpoint (a run stopped in its first epoch) starts afresh. A field missing from an
     older checkpoint's config was added since, and a new field's default always does what
-    runs did before it (`defaults`), so the old run matches while that default is chosen."""
+    runs did before it (`defaults`), so the old run matches while that default is chosen;
+    `complete` fills in what else the stored config lacks (a method's options added since)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LrerrError(f"--out {out}: exists and is not a directory")
@@ -93,11 +95,12 @@ def inspect_run(out: Path, stage: str, identity: dict, parent: dict, resume: boo
         return RunState()
     checkpoint = load_checkpoint(last)
     stored = {**{k: v for k, v in (defaults or {}).items() if k in identity}, **checkpoint["config"]}
+    stored = complete(stored) if complete else stored
     changed = sorted(k for k in identity if stored.get(k) != identity[k])
     stored_parent = checkpoint["parent"] or {}
     what = None
     if changed:
-        what = f"another config (differs in {', '.join(changed)})"
+        what = f"another config (differs in {', '.join(_differences(stored, identity, changed))})"
     elif stored_parent.get("sha256") != parent["sha256"]:
         what = f"other input ({stored_parent.get('path')}, another content hash)"
     if what is not None:
@@ -114,11 +117,26 @@ def inspect_run(out: Path, stage: str, identity: dict, parent: dict, resume: boo
     return RunState(checkpoint=checkpoint)
 
 
+def _differences(stored: dict, identity: dict, changed: list[str]) -> list[str]:
+    """The changed fields, a dict field (the method's options) by its changed keys, with the
+    run's value and this one's: what a user must pass to resume it."""
+    named = []
+    for key in changed:
+        old, new = stored.get(key), identity[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            named += [f"{key}.{k}: {old.get(k)!r} in the run, {new.get(k)!r} now"
+                      for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+        else:
+            named.append(key)
+    return named
+
+
 def run_training(cfg, stage: str, make_trainer: Callable, stage_outputs: tuple[str, ...] = (),
                  check_found: Callable | None = None) -> Manifest:
     """The run lifecycle the trainers share: claim or clear `cfg.out`, return a finished run
     unchanged, else build (fresh or from last.pt) and fit. `check_found(trainer, extra)` vets
-    the `extra` of a finished manifest or a checkpoint before it is reused.
+    the `extra` of a finished manifest or a checkpoint before it is reused. A config with a
+    `complete_recorded(stored)` method completes a checkpoint's config with it (`inspect_run`).
 
     A trainer has `build(state)`, `fit()` and `write_manifest()`. Each epoch's outputs are
     written in one order: log row, grid, best.pt, then last.pt, which commits the epoch, then
@@ -138,7 +156,7 @@ def run_training(cfg, stage: str, make_trainer: Callable, stage_outputs: tuple[s
         trainer = make_trainer(cfg, shards, dist, device)
         defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
         state = inspect_run(out, stage, cfg.identity(), shards.as_parent(out), cfg.resume, stage_outputs,
-                            defaults)
+                            defaults, getattr(cfg, "complete_recorded", None))
         found = state.finished.extra if state.finished is not None else (
             state.checkpoint["extra"] if state.checkpoint is not None else None)
         if check_found is not None and found is not None:

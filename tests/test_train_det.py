@@ -256,6 +256,20 @@ def test_the_mae_precision_changes_its_arithmetic_only_and_is_recorded(shards, m
     assert Lrerr.resolve_recorded({"backbone": "test_resnet"}).settings["mae_precision"] == "float32"
 
 
+def test_a_run_from_before_an_option_resumes_only_with_the_value_it_had(shards, mae, tmp_path):
+    out = tmp_path / "run"
+    train_module.run(config(shards, out, mae=mae, options={"mae_precision": "float32"}))
+    last = out / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=False)
+    del checkpoint["config"]["options"]["mae_precision"]  # as a run made before the option existed
+    torch.save(checkpoint, last)
+    with pytest.raises(LrerrError, match=r"differs in options\.mae_precision: 'float32' in the run, "
+                                         r"'bfloat16' now\) — rerun with its settings"):
+        train_module.run(config(shards, out, mae=mae, resume=True))
+    again = train_module.run(config(shards, out, mae=mae, resume=True, options={"mae_precision": "float32"}))
+    assert again.complete
+
+
 def test_attention_from_the_reconstruction_is_injected_at_the_named_layers(shards, mae, tmp_path,
                                                                           monkeypatch):
     seen = {"recon": [], "maps": [], "masks": []}

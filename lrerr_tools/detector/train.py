@@ -122,6 +122,13 @@ class DetTrainConfig:
     RUN_OPTIONS = ("shard_dir", "out", "parents", "device", "amp", "workers", "cache_gb", "resume",
                    "overwrite")
 
+    def complete_recorded(self, stored: dict) -> dict:
+        """A checkpoint's config as this code reads it: a method option added since the run
+        was made takes the value the run had (`Option.before`, else the default)."""
+        if stored.get("method") != self.method or not isinstance(stored.get("options"), dict):
+            return stored
+        return {**stored, "options": get_method(self.method).resolve_recorded(stored["options"]).settings}
+
     def identity(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUN_OPTIONS}
 
