@@ -110,11 +110,11 @@ def robustness_plot(curves: Mapping[str, Mapping[str, Sequence[float | None]]], 
     for ax in axes[len(curves):]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
-    # A label names its run and test set, about one panel wide: one legend column per panel.
+    # A label names its run and test set, most of a panel wide: one legend column per panel.
     ncol = max(1, min(columns, len(labels)))
     legend_rows = -(-len(labels) // ncol)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.22 * (legend_rows + 0.5) / fig.get_figheight(), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")  # a label wider than its column still shows whole
+    fig.savefig(path)
