@@ -43,7 +43,7 @@ class Reconstructor:
     """A frozen MAE with its own key region T and mask ratio, run at `precision` (a name of
     MAE_PRECISIONS); `reconstruct(batch)` on a shard batch."""
 
-    def __init__(self, model: MaskedAutoencoder, info: MaeInfo, seed: int, precision: str = "float32"):
+    def __init__(self, model: MaskedAutoencoder, info: MaeInfo, seed: int, precision: str):
         self.model, self.info, self.seed, self.precision = model, info, seed, precision
 
     def check(self, dataset: ShardDataset) -> None:
